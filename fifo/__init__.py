@@ -1,0 +1,33 @@
+"""fifo-video: unbounded text-to-video with FIFO-Diffusion (arXiv 2405.11473).
+
+    >>> import fifo
+    >>> bb = fifo.load_backbone("toy")
+    >>> for frame in fifo.generate(bb, "a red ball moving right", num_frames=48):
+    ...     pass  # frame: uint8 (H, W, 3), as soon as it is decoded
+"""
+
+from .backbones import BACKBONES, Backbone, BackboneDefaults, BackboneSpec, Decoder, load_backbone
+from .config import FIFOConfig
+from .engine import FIFOState, FIFOStream, generate, latents_for_frames
+from .prompts import PromptSchedule
+from .schedule import Ladder, NoiseSchedule, Window, make_ladder, windows
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneDefaults",
+    "BackboneSpec",
+    "Decoder",
+    "FIFOConfig",
+    "FIFOState",
+    "FIFOStream",
+    "Ladder",
+    "NoiseSchedule",
+    "PromptSchedule",
+    "Window",
+    "generate",
+    "latents_for_frames",
+    "load_backbone",
+    "make_ladder",
+    "windows",
+]

@@ -1,0 +1,290 @@
+"""The FIFO queue: warm start, diagonal denoising step, pop and push, state to save and resume.
+
+Symbols as in `schedule.py`: `f` frames per window, `n` partitions, `L = f * n` rungs, `h`
+context slots. At step `k` (= latent frames popped so far) main slot `i` holds latent frame
+`k + i` at rung `i`; context slot `c` holds the finished frame `k - h + c`. Every random draw is
+keyed by (seed, frame, step), so the frames do not depend on how the windows are batched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from .backbones.base import Backbone, video_frames_before
+from .config import FIFOConfig
+from .noise import BASE, ETA, FILL, TAIL, keyed_normal, keyed_normal_frames
+from .prompts import PromptLike, PromptSchedule
+from .schedule import Window, make_ladder, slot_timesteps, window_batches
+from .solvers import solver_step
+
+Callback = Callable[[dict[str, Any]], Any]
+_LAYOUT_FIELDS = ("frames_per_window", "partitions", "lookahead", "warmup")
+
+
+@dataclass
+class FIFOState:
+    """Everything needed to continue a run: the queue, counters, the decoder's cache; on CPU."""
+
+    queue: torch.Tensor  # (C, h + L, lh, lw) float32
+    step: int  # latent frames popped so far (warm-up included)
+    frames_emitted: int  # video frames yielded so far
+    seed: int
+    backbone: str
+    config: dict  # the resolved FIFOConfig's fields
+    height: int
+    width: int
+    decoder_state: dict = field(default_factory=dict)
+    pending: torch.Tensor | None = None  # (N, H, W, 3) uint8: decoded but not yet yielded
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the state to one file (torch.save of plain tensors, ints and strings)."""
+        torch.save(dataclasses.asdict(self), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FIFOState":
+        """Read a state written by `save` (weights_only: a state file cannot run code)."""
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(**d)
+        except Exception as e:  # a truncated or foreign file: one clear line, not a pickle trace
+            raise ValueError(f"{os.fspath(path)!r} is not a fifo state file ({type(e).__name__}: {e})") from None
+
+
+def latents_for_frames(num_frames: int, temporal_compression: int) -> int:
+    """Latent frames needed to decode `num_frames` video frames (causal VAEs: 1 + 4k)."""
+    if temporal_compression == 1 or num_frames <= 0:
+        return max(num_frames, 0)
+    return 1 + -(-(num_frames - 1) // temporal_compression)
+
+
+class FIFOStream:
+    """One video in the making: `frames(n)` yields the next `n` frames; `state()` snapshots it."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        prompt: PromptLike,
+        config: FIFOConfig | None = None,
+        seed: int | None = None,
+        negative_prompt: str = "",
+        height: int | None = None,
+        width: int | None = None,
+        state: FIFOState | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.schedule = PromptSchedule.coerce(prompt)
+        self.negative_prompt = negative_prompt
+        config = config or FIFOConfig()
+        if state is not None:
+            config, seed, height, width = self._check_resume(state, config, seed, height, width)
+        self.config = cfg = config.resolve(backbone)
+        seed = 0 if seed is None else seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed={seed!r}: must be an integer in [0, 2**63)")
+        self.seed = seed
+        self.height = backbone.defaults.height if height is None else height
+        self.width = backbone.defaults.width if width is None else width
+        lh, lw = backbone.latent_size(self.height, self.width)
+        self.latent_shape = (backbone.latent_channels, lh, lw)  # (C, lh, lw) of one latent frame
+
+        self.ladder = make_ladder(backbone.noise_schedule, cfg.queue_length)
+        self.h, self.L, self.f = cfg.context, cfg.queue_length, cfg.frames_per_window
+        dev = backbone.device
+        self._batches = window_batches(cfg.windows, cfg.window_batch)
+        self._slot_t = slot_timesteps(self.ladder, self.h).float().to(dev)  # (h + L,)
+        view = lambda v: v.float().to(dev).view(1, -1, 1, 1)  # noqa: E731  (1, L, 1, 1) per main slot
+        self._coef = tuple(view(v) for v in (self.ladder.alphas, self.ladder.sigmas, self.ladder.next_alphas, self.ladder.next_sigmas))
+        self._conds: dict[str, Any] = {}
+        self._decoder = backbone.decoder()
+        self.queue: torch.Tensor | None = None  # (C, h + L, lh, lw) float32, on the backbone's device
+        self.step_index = 0
+        self.frames_emitted = 0
+        self._pending = np.zeros((0, self.height, self.width, 3), np.uint8)
+        if state is not None:
+            self.queue = state.queue.to(dev, torch.float32)
+            self.step_index, self.frames_emitted = state.step, state.frames_emitted
+            self._decoder.load_state_dict(state.decoder_state)
+            if state.pending is not None:
+                self._pending = state.pending.numpy()
+
+    def _check_resume(self, state: FIFOState, config: FIFOConfig, seed, height, width):
+        """Take the layout, seed and size from the state; refuse a request that contradicts it."""
+        if state.backbone != self.backbone.name:
+            raise ValueError(f"state was made by backbone {state.backbone!r}, not {self.backbone.name!r}")
+        for name, given, saved in (("seed", seed, state.seed), ("height", height, state.height), ("width", width, state.width)):
+            if given is not None and given != saved:
+                raise ValueError(f"{name}={given!r} contradicts the state being continued ({name}={saved!r})")
+        fields = {}
+        for k in _LAYOUT_FIELDS:
+            given, saved = getattr(config, k), state.config[k]
+            if given is not None and k != "warmup" and given != saved:
+                raise ValueError(f"{k}={given!r} contradicts the state being continued ({k}={saved!r}): the queue layout is fixed")
+            fields[k] = saved
+        return dataclasses.replace(config, **fields), state.seed, state.height, state.width
+
+    # -- conditioning ---------------------------------------------------------------------------
+
+    def _cond(self, prompt: str) -> Any:
+        """Each distinct prompt is encoded once per stream."""
+        if prompt not in self._conds:
+            self._conds[prompt] = self.backbone.encode_prompt(prompt, self.negative_prompt)
+        return self._conds[prompt]
+
+    def _prompt_of_latent(self, latent_frame: int) -> str:
+        """The prompt of the video frame that latent frame `latent_frame` becomes."""
+        j = latent_frame - self.config.warmup_frames
+        return self.schedule.prompt_at(video_frames_before(j, self.backbone.temporal_compression))
+
+    # -- the model ------------------------------------------------------------------------------
+
+    def _denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, conds: list[Any]) -> torch.Tensor:
+        """One forward call (B, C, F, lh, lw) -> model output in float32."""
+        bb = self.backbone
+        out = bb.denoise(latents.to(bb.dtype), timesteps, conds, float(self.config.guidance_scale))
+        return out.float()
+
+    def _window_outputs(self, queue: torch.Tensor, batches: list[list[Window]]) -> list[tuple[Window, torch.Tensor]]:
+        """Model outputs of the written slots of each window, (C, span, lh, lw) each."""
+        k, h = self.step_index, self.h
+        results = []
+        for batch in batches:
+            lat = torch.stack([queue[:, w.start : w.stop] for w in batch])  # (B, C, f, lh, lw)
+            ts = torch.stack([self._slot_t[w.start : w.stop] for w in batch])  # (B, f)
+            conds = [self._cond(self._prompt_of_latent(k + (w.start + w.stop) // 2 - h)) for w in batch]
+            out = self._denoise(lat, ts, conds)
+            results += [(w, out[b, :, w.write_from - w.start :]) for b, w in enumerate(batch)]
+        return results
+
+    def _main_outputs(self, queue: torch.Tensor) -> torch.Tensor:
+        """Model output for every main slot, (C, L, lh, lw); windows read the queue as before the step."""
+        out = torch.empty_like(queue[:, self.h :])
+        for w, o in self._window_outputs(queue, self._batches):
+            out[:, w.write_from - self.h : w.stop - self.h] = o
+        return out
+
+    # -- warm start, step -----------------------------------------------------------------------
+
+    def _eta_noise(self, frames: list[int], step: int) -> torch.Tensor | None:
+        if self.config.eta == 0:
+            return None
+        n = keyed_normal_frames(self.latent_shape, self.seed, ETA, frames, [step] * len(frames))
+        return n.to(self.backbone.device)
+
+    def _warm_start(self) -> None:
+        """Sample one ordinary f-frame clip in L steps, then fill the queue with it, re-noised per rung."""
+        f, L, h, lad = self.f, self.L, self.h, self.ladder
+        dev = self.backbone.device
+        x = keyed_normal_frames(self.latent_shape, self.seed, BASE, list(range(f)), [0] * f).to(dev)  # (C, f, lh, lw)
+        cond = [self._cond(self._prompt_of_latent(L - f))]
+        for i in reversed(range(L)):
+            t = lad.timesteps[i].float().to(dev).expand(1, f)
+            out = self._denoise(x[None], t, cond)[0]
+            c = [lad.alphas[i], lad.sigmas[i], lad.next_alphas[i], lad.next_sigmas[i]]
+            c = [float(v) * torch.ones((), device=dev) for v in c]
+            noise = self._eta_noise([-1 - j for j in range(f)], L - i)
+            x = solver_step(x, out, *c, self.backbone.prediction_type, self.config.eta, noise)
+        src = [max(0, i - (L - f)) for i in range(L)]  # main slot i holds clip frame src[i]
+        noise = keyed_normal_frames(self.latent_shape, self.seed, FILL, list(range(L)), [0] * L).to(dev)
+        a, s = (v.float().to(dev).view(1, -1, 1, 1) for v in (lad.alphas, lad.sigmas))
+        main = a * x[:, src] + s * noise
+        self.queue = torch.cat([x[:, :1].expand(-1, h, -1, -1), main], dim=1)  # (C, h + L, lh, lw)
+
+    def step(self) -> torch.Tensor:
+        """One diagonal denoising step: every main frame one rung down; returns the popped latent (C, lh, lw)."""
+        if self.queue is None:
+            self._warm_start()
+        k, h, L = self.step_index, self.h, self.L
+        queue = self.queue
+        out = self._main_outputs(queue)
+        noise = self._eta_noise(list(range(k, k + L)), k)
+        main = solver_step(queue[:, h:], out, *self._coef, self.backbone.prediction_type, self.config.eta, noise)
+        tail = keyed_normal(self.latent_shape, self.seed, TAIL, k + L).to(queue.device)[:, None]
+        # the head, now clean, leaves the main queue; with lookahead it becomes the newest context frame
+        self.queue = torch.cat([queue[:, 1:h], main, tail], dim=1) if h else torch.cat([main[:, 1:], tail], dim=1)
+        self.step_index = k + 1
+        return main[:, 0]
+
+    # -- frames out -----------------------------------------------------------------------------
+
+    def frames(self, num_frames: int, callback: Callback | None = None) -> Iterator[np.ndarray]:
+        """Yield the next `num_frames` video frames, uint8 (H, W, 3), each as soon as it is decoded.
+
+        `callback(info)` runs after every step; a truthy return stops the run after that step.
+        """
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 0:
+            raise ValueError(f"num_frames={num_frames!r}: must be a non-negative integer")
+        return self._frames(num_frames, callback)
+
+    def _frames(self, num_frames: int, callback: Callback | None) -> Iterator[np.ndarray]:
+        left = num_frames
+        with torch.inference_mode():
+            while left > 0:
+                if len(self._pending):
+                    take, self._pending = self._pending[:left], self._pending[left:]
+                    for frame in take:
+                        self.frames_emitted += 1
+                        left -= 1
+                        yield frame
+                    continue
+                popped_index = self.step_index
+                latent = self.step()
+                if popped_index >= self.config.warmup_frames:
+                    self._pending = self._decoder.decode(latent[:, None])
+                if callback is not None and callback(self._info(num_frames - left)):
+                    left = min(left, len(self._pending))  # stop: hand out what this step decoded
+
+    def _info(self, done: int) -> dict[str, Any]:
+        return {
+            "step": self.step_index,
+            "frames_emitted": self.frames_emitted,
+            "warming_up": self.step_index <= self.config.warmup_frames,
+            "timesteps": self._slot_t,  # (h + L,) model timestep of each slot, head first
+            "queue": self.queue,  # (C, h + L, lh, lw), read only
+            "preview": lambda: self.backbone.preview(self.queue),
+            "state": self.state,
+        }
+
+    def state(self) -> FIFOState:
+        """A CPU snapshot from which a new stream continues exactly where this one is."""
+        if self.queue is None:
+            self._warm_start()
+        return FIFOState(
+            queue=self.queue.detach().to("cpu", copy=True),
+            step=self.step_index,
+            frames_emitted=self.frames_emitted,
+            seed=self.seed,
+            backbone=self.backbone.name,
+            config=self.config.to_dict(),
+            height=self.height,
+            width=self.width,
+            decoder_state=self._decoder.state_dict(),
+            pending=torch.from_numpy(self._pending.copy()),
+        )
+
+
+def generate(
+    backbone: Backbone,
+    prompt: PromptLike,
+    num_frames: int,
+    config: FIFOConfig | None = None,
+    seed: int | None = None,
+    negative_prompt: str = "",
+    height: int | None = None,
+    width: int | None = None,
+    state: FIFOState | None = None,
+    callback: Callback | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield `num_frames` uint8 video frames (H, W, 3) of an unbounded FIFO-Diffusion video.
+
+    `prompt` is a string or a prompt schedule; `state` continues an earlier run (its seed, size and
+    queue layout apply; `seed=None` means 0, or the state's). Bad arguments raise ValueError
+    here, before any work starts.
+    """
+    stream = FIFOStream(backbone, prompt, config, seed, negative_prompt, height, width, state)
+    return stream.frames(num_frames, callback)

@@ -1,0 +1,174 @@
+"""The queue arithmetic, in one place: noise schedules, the ladder of rungs, the window layout.
+
+Legend (the paper's notation -> names here):
+    f              frames_per_window    latent frames per model call
+    n              partitions           blocks of f rungs in the queue
+    L = f * n      queue_length         rungs, = denoising steps each frame receives
+    h = f // 2     context              finished frames before the head (lookahead only)
+    tau_i          ladder.timesteps[i]  model timestep of main slot i (0 = head, least noisy)
+    alpha-bar      ladder.alphas        signal coefficient a_i of x_t = a_i x_0 + s_i eps
+    sigma          ladder.sigmas        noise coefficient s_i
+
+Slot numbering: overall slot `j` in `[0, h + L)`; slots `[0, h)` hold context frames, slot
+`h + i` holds the main-queue frame at rung `i`. A step moves every main frame from rung `i` to
+rung `i - 1`, and the frame at rung 0 to clean.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+SCHEDULE_KINDS = ("vp", "flow")
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """A model's training noise schedule: variance-preserving (`alphas_cumprod`) or flow matching."""
+
+    kind: str  # "vp" | "flow"
+    num_train_timesteps: int = 1000
+    alphas_cumprod: tuple[float, ...] | None = None  # vp only, length num_train_timesteps
+    shift: float = 1.0  # flow only: sigma -> shift * sigma / (1 + (shift - 1) * sigma)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULE_KINDS:
+            raise ValueError(f"kind={self.kind!r}: allowed are {SCHEDULE_KINDS}")
+        if self.kind == "vp":
+            if self.alphas_cumprod is None or len(self.alphas_cumprod) != self.num_train_timesteps:
+                raise ValueError("a vp schedule needs alphas_cumprod of length num_train_timesteps")
+        elif self.shift <= 0:
+            raise ValueError(f"shift={self.shift}: must be > 0")
+
+    @classmethod
+    def scaled_linear(cls, beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000) -> "NoiseSchedule":
+        """Stable Diffusion's (and ModelScope's) `scaled_linear` betas, as a vp schedule."""
+        betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float64) ** 2
+        return cls("vp", num_train_timesteps, tuple(np.cumprod(1.0 - betas).tolist()))
+
+    @classmethod
+    def from_scheduler(cls, scheduler) -> "NoiseSchedule":
+        """Read a diffusers scheduler; multistep schedulers are refused (FIFO steps each frame alone)."""
+        name = type(scheduler).__name__
+        if "Multistep" in name or getattr(scheduler, "order", 1) != 1:
+            raise ValueError(
+                f"{name} is a multistep scheduler: it keeps a history per sample, which a queue of frames "
+                "at different noise levels does not have; use a single-step scheduler (DDIMScheduler, "
+                "or FlowMatchEulerDiscreteScheduler with the same shift)"
+            )
+        cfg = scheduler.config
+        if hasattr(scheduler, "alphas_cumprod"):
+            ac = scheduler.alphas_cumprod
+            ac = ac.double().tolist() if torch.is_tensor(ac) else list(map(float, ac))
+            return cls("vp", int(cfg.num_train_timesteps), tuple(ac))
+        if "shift" in cfg:
+            if cfg.get("use_dynamic_shifting", False):
+                raise ValueError(f"{name} with use_dynamic_shifting=True: FIFO needs a fixed shift")
+            return cls("flow", int(cfg.num_train_timesteps), None, float(cfg.shift))
+        raise ValueError(f"{name}: neither alphas_cumprod (DDIM-style) nor a flow shift found")
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """The `L` rungs of the main queue, head (least noisy) first, and where each rung steps to.
+
+    `x_t = alphas[i] * x_0 + sigmas[i] * eps` at rung `i`; `next_alphas[i]`, `next_sigmas[i]` are
+    rung `i - 1`'s, and clean (1, 0) for rung 0.
+    """
+
+    kind: str
+    timesteps: torch.Tensor  # (L,) float64, model timestep of each rung
+    alphas: torch.Tensor  # (L,) float64
+    sigmas: torch.Tensor  # (L,) float64
+    next_alphas: torch.Tensor  # (L,) float64
+    next_sigmas: torch.Tensor  # (L,) float64
+
+    def __len__(self) -> int:
+        return self.timesteps.shape[0]
+
+
+def make_ladder(schedule: NoiseSchedule, length: int) -> Ladder:
+    """`length` rungs over the schedule's whole range: the last pure noise, the first one step from clean."""
+    if length < 1:
+        raise ValueError(f"length={length}: must be >= 1")
+    T = schedule.num_train_timesteps
+    if length > T:
+        raise ValueError(f"length={length}: at most num_train_timesteps={T} rungs")
+    if schedule.kind == "vp":
+        # diffusers' "trailing" spacing: the top rung is t = T - 1, rungs T / L apart.
+        t = np.round(np.arange(T, 0, -T / length)).astype(np.int64)[::-1].copy() - 1
+        ac = torch.tensor(schedule.alphas_cumprod, dtype=torch.float64)[torch.from_numpy(t)]
+        timesteps = torch.from_numpy(t).double()
+        alphas, sigmas = ac.sqrt(), (1 - ac).sqrt()
+    else:
+        # FlowMatchEulerDiscreteScheduler.set_timesteps: linspace in timestep between the
+        # (shifted) training extremes, then the shift applied to the sigmas.
+        sigma_min = _shift(1.0 / T, schedule.shift)
+        s = np.linspace(1.0 * T, sigma_min * T, length)[::-1].copy() / T
+        s = torch.from_numpy(_shift(s, schedule.shift)).double()
+        timesteps, alphas, sigmas = s * T, 1 - s, s
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    return Ladder(
+        schedule.kind,
+        timesteps,
+        alphas,
+        sigmas,
+        torch.cat([one, alphas[:-1]]),
+        torch.cat([zero, sigmas[:-1]]),
+    )
+
+
+def _shift(sigma, shift: float):
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+class Window(NamedTuple):
+    """One model call's slots: it reads overall slots `[start, stop)` and writes `[write_from, stop)`."""
+
+    start: int
+    write_from: int
+    stop: int
+
+
+def context_slots(frames_per_window: int, lookahead: bool) -> int:
+    """`h`: finished frames kept before the head, `f // 2` with lookahead, 0 without."""
+    return frames_per_window // 2 if lookahead else 0
+
+
+def windows(frames_per_window: int, partitions: int, lookahead: bool) -> list[Window]:
+    """The windows of one step, in queue order; their written spans tile the main queue once.
+
+    Without lookahead: `n` windows of `f` slots, each written whole. With lookahead: `2n` windows
+    over the `h + L` slots; written spans alternate `ceil(f/2)` and `floor(f/2)` slots, and each
+    window reads the `f` slots ending with its span, so every frame sees at least `h` cleaner
+    frames in front of it.
+    """
+    f, n = frames_per_window, partitions
+    if f < 2:
+        raise ValueError(f"frames_per_window={f}: must be >= 2")
+    if n < 1:
+        raise ValueError(f"partitions={n}: must be >= 1")
+    h = context_slots(f, lookahead)
+    spans = [f] * n if not lookahead else [math.ceil(f / 2), f // 2] * n
+    out, stop = [], h
+    for span in spans:
+        write_from, stop = stop, stop + span
+        out.append(Window(stop - f, write_from, stop))
+    return out
+
+
+def slot_timesteps(ladder: Ladder, context: int) -> torch.Tensor:
+    """Model timestep of every overall slot: context slots at the head rung `tau_0`."""
+    return torch.cat([ladder.timesteps[:1].expand(context), ladder.timesteps])
+
+
+def window_batches(wins: list[Window], max_batch: int | None) -> list[list[Window]]:
+    """Group windows into forward calls of at most `max_batch` windows (None: all in one call)."""
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch={max_batch}: must be >= 1 or None")
+    size = len(wins) if max_batch is None else max_batch
+    return [wins[i : i + size] for i in range(0, len(wins), size)]

@@ -1,0 +1,74 @@
+"""Per-frame solver steps: pure functions, vectorised over frames, each frame from its own rung.
+
+Every frame of a window sits at its own noise level, so the coefficients are tensors that
+broadcast against the latents (for latents (B, C, F, h, w): shape (B, 1, F, 1, 1)).
+
+Legend (diffusers / paper -> names here), with x_t = alpha * x_0 + sigma * eps:
+    sqrt(alpha_bar_t)            alpha        (vp);  1 - sigma_t (flow)
+    sqrt(1 - alpha_bar_t)        sigma        (vp);  sigma_t     (flow)
+    the same at the next rung    next_alpha, next_sigma  (clean: 1, 0)
+    eta                          eta          DDIM stochasticity, 0 = deterministic
+"""
+
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def to_x0_eps(x: Tensor, out: Tensor, alpha: Tensor, sigma: Tensor, prediction_type: str) -> tuple[Tensor, Tensor]:
+    """The clean estimate x_0 and the noise estimate eps implied by a model output."""
+    if prediction_type == "epsilon":
+        return (x - sigma * out) / alpha, out
+    if prediction_type == "v_prediction":  # v = alpha * eps - sigma * x_0, with alpha^2 + sigma^2 = 1
+        return alpha * x - sigma * out, sigma * x + alpha * out
+    if prediction_type == "flow":  # v = eps - x_0, x = (1 - sigma) x_0 + sigma eps
+        return x - sigma * out, x + alpha * out
+    raise ValueError(f"prediction_type={prediction_type!r}: allowed are 'epsilon', 'v_prediction', 'flow'")
+
+
+def ddim_step(
+    x: Tensor,
+    out: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    next_alpha: Tensor,
+    next_sigma: Tensor,
+    prediction_type: str,
+    eta: float = 0.0,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """DDIM (Song et al. 2021, eq. 12) from each frame's rung to its next; next (1, 0) lands on x_0."""
+    x0, eps = to_x0_eps(x, out, alpha, sigma, prediction_type)
+    if eta == 0:
+        return next_alpha * x0 + next_sigma * eps
+    if noise is None:
+        raise ValueError(f"eta={eta}: a stochastic step needs `noise` shaped like x")
+    # sigma_eta^2 = eta^2 (1 - a_n^2)/(1 - a^2) (1 - a^2/a_n^2); zero where the next rung is clean.
+    std = eta * (next_sigma / sigma) * (1 - (alpha / next_alpha) ** 2).clamp_min(0).sqrt()
+    return next_alpha * x0 + (next_sigma**2 - std**2).clamp_min(0).sqrt() * eps + std * noise
+
+
+def flow_euler_step(x: Tensor, v: Tensor, sigma: Tensor, next_sigma: Tensor) -> Tensor:
+    """Euler on the flow ODE dx/dsigma = v (FlowMatchEulerDiscreteScheduler.step); next 0 lands on x_0."""
+    return x + (next_sigma - sigma) * v
+
+
+def solver_step(
+    x: Tensor,
+    out: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    next_alpha: Tensor,
+    next_sigma: Tensor,
+    prediction_type: str,
+    eta: float = 0.0,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """The step the engine takes: flow Euler for flow models, DDIM otherwise."""
+    if prediction_type == "flow":
+        if eta != 0:
+            raise ValueError(f"eta={eta}: flow Euler is deterministic, use eta=0")
+        return flow_euler_step(x, out, sigma, next_sigma)
+    return ddim_step(x, out, alpha, sigma, next_alpha, next_sigma, prediction_type, eta, noise)

@@ -1,0 +1,83 @@
+"""The queue arithmetic: ladders against diffusers, window layouts tile the queue exactly once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+from fifo.schedule import NoiseSchedule, context_slots, make_ladder, slot_timesteps, window_batches, windows
+
+
+@pytest.mark.parametrize("L", [1, 8, 16, 48, 64, 100])
+def test_vp_ladder_is_trailing_spacing_over_the_whole_range(L):
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing")
+    sched.set_timesteps(L)
+    lad = make_ladder(NoiseSchedule.from_scheduler(sched), L)
+    assert lad.timesteps.tolist() == sorted(sched.timesteps.tolist())
+    assert lad.timesteps[-1] == 999  # the tail rung is the top of the training range
+    ac = sched.alphas_cumprod.double()
+    assert torch.allclose(lad.alphas**2, ac[lad.timesteps.long()])
+    assert torch.allclose(lad.alphas**2 + lad.sigmas**2, torch.ones(L, dtype=torch.float64))
+    assert lad.next_alphas[0] == 1 and lad.next_sigmas[0] == 0  # rung 0 steps to clean
+    assert torch.equal(lad.next_alphas[1:], lad.alphas[:-1])
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 5.0])
+@pytest.mark.parametrize("L", [4, 21, 64])
+def test_flow_ladder_matches_flow_match_euler(shift, L):
+    sched = FlowMatchEulerDiscreteScheduler(shift=shift)
+    sched.set_timesteps(L)
+    lad = make_ladder(NoiseSchedule.from_scheduler(sched), L)
+    assert torch.allclose(lad.sigmas.flip(0).float(), sched.sigmas[:-1], atol=1e-6)
+    assert torch.allclose(lad.timesteps.flip(0).float(), sched.timesteps, atol=1e-3)
+    assert lad.sigmas[-1] == 1.0 and lad.next_sigmas[0] == 0.0
+    assert torch.allclose(lad.alphas, 1 - lad.sigmas)
+
+
+def test_multistep_and_dynamic_shift_schedulers_are_refused():
+    with pytest.raises(ValueError, match="multistep"):
+        NoiseSchedule.from_scheduler(UniPCMultistepScheduler())
+    with pytest.raises(ValueError, match="use_dynamic_shifting"):
+        NoiseSchedule.from_scheduler(FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
+    with pytest.raises(ValueError, match="length=0"):
+        make_ladder(NoiseSchedule.scaled_linear(), 0)
+
+
+@pytest.mark.parametrize("f", [2, 3, 4, 5, 7, 16, 21])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_every_main_slot_is_written_exactly_once_per_step(f, n, lookahead):
+    h, L = context_slots(f, lookahead), f * n
+    wins = windows(f, n, lookahead)
+    assert len(wins) == (2 * n if lookahead else n)
+    written = np.zeros(h + L, int)
+    for w in wins:
+        assert w.stop - w.start == f  # the model always sees its native clip length
+        assert 0 <= w.start <= w.write_from < w.stop <= h + L
+        written[w.write_from : w.stop] += 1
+        if lookahead:  # at least h cleaner frames in front of every written frame
+            assert w.write_from - w.start >= h
+    assert (written[:h] == 0).all() and (written[h:] == 1).all()
+
+
+def test_lookahead_layout_by_hand():
+    # f = 4, n = 2: context slots 0-1, main 2-9; stride 2, each window writes its back half
+    assert [tuple(w) for w in windows(4, 2, True)] == [(0, 2, 4), (2, 4, 6), (4, 6, 8), (6, 8, 10)]
+    # f = 5: spans alternate 3 and 2, each window reads the 5 slots ending with its span
+    assert [tuple(w) for w in windows(5, 2, True)] == [(0, 2, 5), (2, 5, 7), (5, 7, 10), (7, 10, 12)]
+    assert [tuple(w) for w in windows(4, 3, False)] == [(0, 0, 4), (4, 4, 8), (8, 8, 12)]
+
+
+def test_slot_timesteps_and_batches():
+    lad = make_ladder(NoiseSchedule.scaled_linear(), 8)
+    t = slot_timesteps(lad, 2)
+    assert t.tolist()[:3] == [lad.timesteps[0].item()] * 3 and t[-1] == 999
+    wins = windows(4, 2, True)
+    assert window_batches(wins, None) == [wins]
+    assert window_batches(wins, 3) == [wins[:3], wins[3:]]
+    with pytest.raises(ValueError, match="max_batch=0"):
+        window_batches(wins, 0)
+    with pytest.raises(ValueError, match="frames_per_window=1"):
+        windows(1, 2, False)
