@@ -76,7 +76,7 @@ class VideoWriter:
         self.crf, self.preset, self.frames_written = int(crf), preset, 0
         self._size: tuple[int, int] | None = None
         self._proc: subprocess.Popen | None = None
-        self._stderr: IO[bytes] | None = None
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe stalls ffmpeg
         self._state = "aborted"  # until the temp file exists, so __del__ has nothing to clean
         # Same folder, so the final rename is atomic; created now so an unwritable folder fails here.
         self._tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
@@ -99,7 +99,6 @@ class VideoWriter:
                "-pix_fmt", "yuv420p", *_fps_mode_args()]
         for k, v in self.metadata.items():
             cmd += ["-metadata", f"{k}={v}"]
-        self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall ffmpeg
         try:
             self._proc = subprocess.Popen(cmd + self._format_args() + [str(self._tmp)], stdin=subprocess.PIPE,
                                           stdout=subprocess.DEVNULL, stderr=self._stderr)
@@ -108,10 +107,7 @@ class VideoWriter:
 
     def _fail(self, msg: str) -> None:
         self._kill()
-        tail = ""
-        if self._stderr is not None:
-            self._stderr.seek(0)
-            tail = self._stderr.read().decode(errors="replace")[-2000:].strip()
+        tail = self._stderr.seek(0) or self._stderr.read().decode(errors="replace")[-2000:].strip()
         self.abort()
         raise VideoError(f"{msg} (writing {self.path})" + (f"\nffmpeg stderr:\n{tail}" if tail else ""))
 
@@ -148,10 +144,8 @@ class VideoWriter:
         if self._proc is None:
             self.abort()
             raise VideoError(f"{self.path}: no frames were written")
-        try:
+        with contextlib.suppress(OSError):  # a broken pipe shows up as ffmpeg's exit status below
             self._proc.stdin.close()
-        except OSError as e:
-            self._fail(f"ffmpeg stopped taking frames: {e}")
         if (rc := self._proc.wait()) != 0:
             self._fail(f"ffmpeg exited with status {rc}")
         try:
@@ -167,8 +161,7 @@ class VideoWriter:
         if self._state == "open":
             self._state = "aborted"
             self._kill()
-            if self._stderr is not None:
-                self._stderr.close()
+            self._stderr.close()
             self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:
@@ -214,8 +207,7 @@ class ChunkWriter:
         self.folder, self.fps, self.crf, self.preset, self.prefix = Path(folder), _fps(fps), crf, preset, prefix
         # Rounded first so that float noise (8 * 1.0000000001) does not add a frame.
         self.frames_per_chunk = max(1, math.ceil(round(float(self.fps) * chunk_seconds, 6)))
-        self.frames_written = 0
-        self.chunks: list[Path] = []
+        self.frames_written, self.chunks = 0, []
         self._size: tuple[int, int] | None = None
         self._chunk: _TSChunk | None = None
 
@@ -262,28 +254,27 @@ def _parse_ffmetadata(text: str) -> dict[str, str]:
 
 
 def probe_video(path: str | os.PathLike) -> dict:
-    """Exact frame count, fps, width, height, duration, codec, pix_fmt, start_time and metadata tags."""
+    """Exact frame count, fps, width, height, duration, codec, pix_fmt, start_time and metadata tags.
+
+    Without ffprobe, frames are counted by decoding; fps is then ffmpeg's rounded printout, and
+    pix_fmt and start_time are None.
+    """
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(path)
     if ffprobe := shutil.which("ffprobe"):
-        cmd = [ffprobe, "-v", "error", "-count_frames", "-select_streams", "v:0", "-of", "json",
-               "-show_entries", "stream=nb_read_frames,width,height,avg_frame_rate,r_frame_rate,codec_name,"
-               "pix_fmt,start_time:format=duration,start_time:format_tags", path]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise VideoError(f"ffprobe failed on {path}: {res.stderr[-2000:].strip()}")
-        info = json.loads(res.stdout)
-        fmt, streams = info.get("format", {}), info.get("streams", [])
-        if not streams:
-            raise VideoError(f"{path} has no video stream")
-        s = streams[0]
+        res = subprocess.run([ffprobe, "-v", "error", "-count_frames", "-select_streams", "v:0", "-of", "json",
+                              "-show_entries", "stream=nb_read_frames,width,height,avg_frame_rate,codec_name,pix_fmt,"
+                              "start_time:format=duration:format_tags", path], capture_output=True, text=True)
+        info = json.loads(res.stdout or "{}") if res.returncode == 0 else {}
+        if not info.get("streams"):
+            raise VideoError(f"ffprobe found no video stream in {path}: {res.stderr[-2000:].strip()}")
+        s, fmt = info["streams"][0], info.get("format", {})
         num, _, den = s.get("avg_frame_rate", "0/0").partition("/")
         return {"frames": int(s.get("nb_read_frames", 0)), "fps": float(num) / float(den) if float(den or 0) else 0.0,
                 "width": s["width"], "height": s["height"], "duration": float(fmt.get("duration", 0.0)),
-                "codec": s.get("codec_name"),
-                "pix_fmt": s.get("pix_fmt"), "start_time": float(s.get("start_time", fmt.get("start_time", 0.0))),
-                "tags": dict(fmt.get("tags", {}))}
+                "codec": s.get("codec_name"), "pix_fmt": s.get("pix_fmt"),
+                "start_time": float(s.get("start_time", 0.0)), "tags": dict(fmt.get("tags", {}))}
     # No ffprobe: decode with the bundled ffmpeg to count frames; tags come from its ffmetadata dump.
     meta = next(gen := imageio_ffmpeg.read_frames(path))
     gen.close()

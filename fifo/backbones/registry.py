@@ -52,7 +52,7 @@ register(
         name="toy",
         cls="toy:ToyBackbone",
         model_id=None,
-        licence="Apache-2.0 (ours)",
+        licence="MIT (ours)",
         defaults=BackboneDefaults(
             frames_per_window=16, partitions=4, lookahead=True, eta=0.0, guidance_scale=1.0, fps=12, height=128, width=128
         ),
