@@ -61,3 +61,78 @@ register(
         summary="built-in toy world: a sprite bouncing in a box, Bayes-optimal closed-form denoiser, no weights",
     )
 )
+
+
+# -- real models (weights from the Hugging Face Hub on first use) ---------------------------------
+# Defaults: resolution and native clip length from each model card / diffusers pipeline default;
+# guidance from the pipeline defaults (TextToVideoSDPipeline 9.0, WanPipeline 5.0, SkyReels-V2 DF
+# 6.0) and VideoCrafter2's run_text2video.sh (12.0, ddim_eta 1.0, 320x512); partitions and
+# lookahead as in the FIFO-Diffusion paper (n = 4 with lookahead) for the UNets, n = 2 for the
+# transformers (L = 42 / 50 steps, about their pipelines' 50). vram_gb: rough estimates with every
+# window of a step in one call, not measured (no GPU here); window_batch lowers them.
+
+register(
+    BackboneSpec(
+        name="modelscope",
+        cls="unet3d:UNet3DBackbone",
+        model_id="damo-vilab/text-to-video-ms-1.7b",
+        licence="CC-BY-NC-4.0",
+        defaults=BackboneDefaults(
+            frames_per_window=16, partitions=4, lookahead=True, eta=0.0, guidance_scale=9.0, fps=8, height=256, width=256
+        ),
+        vram_gb=12.0,
+        summary="ModelScope T2V 1.7B (UNet3D, 256x256, 16 frames); estimated VRAM",
+    )
+)
+register(
+    BackboneSpec(
+        name="zeroscope",
+        cls="unet3d:UNet3DBackbone",
+        model_id="cerspense/zeroscope_v2_576w",
+        licence="CC-BY-NC-4.0",
+        defaults=BackboneDefaults(
+            frames_per_window=24, partitions=4, lookahead=True, eta=0.0, guidance_scale=9.0, fps=8, height=320, width=576
+        ),
+        vram_gb=40.0,
+        summary="zeroscope v2 576w (ModelScope fine-tune, 576x320, 24 frames); estimated VRAM",
+    )
+)
+register(
+    BackboneSpec(
+        name="videocrafter2",
+        cls="unet3d:UNet3DBackbone",
+        model_id="adamdad/videocrafterv2_diffusers",
+        licence="see model card (UNet: VideoCrafter2 port, terms not verified here; VAE and text encoder from zeroscope_v2_576w: CC-BY-NC-4.0)",
+        defaults=BackboneDefaults(
+            frames_per_window=16, partitions=4, lookahead=True, eta=1.0, guidance_scale=12.0, fps=8, height=320, width=512
+        ),
+        vram_gb=25.0,
+        summary="VideoCrafter2 (UNet3D + fps embedding, 512x320, 16 frames), the FIFO-Diffusion paper's main model; estimated VRAM",
+    )
+)
+register(
+    BackboneSpec(
+        name="wan2.1-1.3b",
+        cls="wan:WanBackbone",
+        model_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        licence="Apache-2.0",
+        defaults=BackboneDefaults(
+            frames_per_window=21, partitions=2, lookahead=True, eta=0.0, guidance_scale=5.0, fps=16, height=480, width=832
+        ),
+        vram_gb=22.0,
+        summary="Wan2.1 T2V 1.3B (flow matching, 832x480, 81 frames = 21 latents, causal VAE); estimated VRAM",
+    )
+)
+register(
+    BackboneSpec(
+        name="skyreels-v2-df-1.3b",
+        cls="wan:SkyReelsDFBackbone",
+        model_id="Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
+        licence="see model card (SkyReels-V2 terms not verified here)",
+        defaults=BackboneDefaults(
+            frames_per_window=25, partitions=2, lookahead=True, eta=0.0, guidance_scale=6.0, fps=24, height=544, width=960
+        ),
+        vram_gb=26.0,
+        summary="SkyReels-V2 diffusion forcing 1.3B (per-frame noise levels, 960x544, 97 frames = 25 latents); estimated VRAM",
+    )
+)
