@@ -1,0 +1,366 @@
+"""The app's operations, free of Gradio: generate, extend, continue an uploaded state, compare, stop.
+
+Each operation is a generator of `jobs.Update`s; `app.py` turns them into widget values. Bad
+input raises `InputError`, a run that cannot go on raises `RunError` (after handing over what it
+made); both carry a message meant for the user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from fifo import BACKBONES, FIFOConfig, FIFOState
+
+from . import zerogpu
+from .estimate import RateBook, format_seconds, plan_leases, work_for
+from .jobs import Job, LeaseEvent, LeaseWork, RunError, TrackSpec, Update, lease, run_job
+from .models import MANAGER, BackboneManager, LoadError
+from .sessions import Session, SessionStore, StopFlag, VideoRecord
+from .settings import (
+    InputError,
+    RunSettings,
+    build_schedule,
+    continue_schedule,
+    frames_for_length,
+    parse_inputs,
+    schedule_rows_text,
+)
+
+log = logging.getLogger("fifo_app")
+
+LeaseFn = Callable[[LeaseWork], Iterator[LeaseEvent]]
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+SESSION_IDLE_S = _env_float("FIFO_SESSION_IDLE_S", 3600)  # an API client's files go after this long without a request
+MAX_DISK_BYTES = int(_env_float("FIFO_MAX_DISK_MB", 2048) * 2**20)  # all sessions' files together
+
+
+def _name(settings: RunSettings, frames: int) -> str:
+    return f"fifo-{settings.backbone}-seed{settings.seed}-{frames}f"
+
+
+def describe(settings: RunSettings) -> str:
+    """Short label of the FIFO settings, for comparisons: 'n=4, lookahead on, eta 0'."""
+    r = settings.resolved()
+    return f"n={r.partitions}, lookahead {'on' if r.lookahead else 'off'}, eta {r.eta:g}"
+
+
+class Service:
+    """Sessions, measured rates and the lease function, shared by every request of one server."""
+
+    def __init__(
+        self,
+        lease_fn: LeaseFn,
+        progressive_mp4: bool = False,
+        store: SessionStore | None = None,
+        rates: RateBook | None = None,
+        models: BackboneManager = MANAGER,
+        lease_limit_s: Callable[[], float | None] = zerogpu.max_lease_seconds,
+    ) -> None:
+        self.lease_fn = lease_fn
+        self.progressive_mp4 = progressive_mp4
+        self.store = store or SessionStore()
+        self.rates = rates or RateBook()
+        self.models = models
+        self.lease_limit_s = lease_limit_s
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _limit(self, backbone: str) -> float | None:
+        """The longest GPU lease for runs of `backbone`; None: one unlimited lease (off ZeroGPU, or a CPU model)."""
+        return self.lease_limit_s() if BACKBONES[backbone].needs_gpu else None
+
+    def _load(self, name: str):
+        try:
+            return self.models.get(name)
+        except LoadError as e:
+            raise InputError(str(e)) from None
+
+    def _loading(self, settings: RunSettings) -> Iterator[Update]:
+        """Say so before loading a model on first use (minutes for a real one), so the page is not silent."""
+        spec = BACKBONES.get(settings.backbone)
+        if spec is not None and not self.models.is_loaded(spec.name) and (self.models.gpu() or not spec.needs_gpu):
+            yield Update(
+                "loading", 0, settings.frames, note=f"Loading {settings.backbone} (first use; a real model takes a while)"
+            )
+
+    def _check(self, settings: RunSettings, fresh: bool = True) -> None:
+        """Everything that can be checked before a run starts: layout, size, and (for cheap models) the prompts."""
+        bb = self._load(settings.backbone)
+        try:
+            cfg = settings.config().resolve(bb)
+            r = settings.resolved()
+            bb.latent_size(r.height, r.width)
+            _ = cfg.windows  # building the layout checks it
+            if not BACKBONES[settings.backbone].needs_gpu:  # encoding is cheap here: catch unknown words now
+                for p in settings.schedule.prompts:
+                    bb.encode_prompt(p, settings.negative_prompt)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        limit = self._limit(settings.backbone)
+        if limit is not None:
+            w = work_for(cfg, settings.frames, bb.temporal_compression, fresh)
+            est = self.rates.estimate(settings.backbone, _area(bb, r), cfg, w)
+            try:
+                plan_leases(est.seconds, est.warmup_seconds, limit)
+            except ValueError as e:
+                raise InputError(str(e)) from None
+
+    def _run(self, session: Session, job: Job, record: bool = True) -> Iterator[Update]:
+        if not session.lock.acquire(blocking=False):
+            raise RunError("this page is already making a video: press Stop, or wait for it to finish")
+        try:
+            self.store.prune(SESSION_IDLE_S, MAX_DISK_BYTES)
+            session.stop = StopFlag(session.folder / "STOP")
+            gpu = BACKBONES[job.tracks[0].settings.backbone].needs_gpu
+            lease_fn = self.lease_fn if gpu else lease  # a CPU model spends no GPU quota
+            for u in run_job(job, lease_fn, session.stop, self.rates, self._limit(job.tracks[0].settings.backbone)):
+                if u.result is not None and record:
+                    r = u.result
+                    s = job.tracks[0].settings
+                    old = session.last
+                    session.last = VideoRecord(
+                        folder=job.folder,
+                        chunks=list(r.chunks),
+                        frames=r.frames,
+                        fps=job.fps,
+                        settings=r.settings or replace(s, frames=r.frames),
+                        state_path=r.state_path,
+                        mp4=r.mp4,
+                        reproducible=r.settings is not None,
+                    )
+                    if old is not None and old.folder == job.folder:  # an extension: the old files are superseded
+                        for p in (old.mp4, old.state_path):
+                            if p is not None and p not in (r.mp4, r.state_path):
+                                p.unlink(missing_ok=True)
+                if u.result is not None:
+                    session.keep_only(job.folder, *([session.last.folder] if session.last else []))
+                yield u
+        finally:
+            session.stop = None
+            session.lock.release()
+            self.models.free_memory()
+            if session.dropped:
+                shutil.rmtree(session.folder, ignore_errors=True)
+
+    # -- operations -----------------------------------------------------------------------------
+
+    def generate(self, settings: RunSettings, session_id: str | None) -> Iterator[Update]:
+        """Make a new video."""
+        yield from self._loading(settings)
+        self._check(settings)
+        session = self.store.get(session_id)
+        fps = settings.resolved().fps
+        job = Job(
+            tracks=[TrackSpec("main", settings)],
+            frames=settings.frames,
+            fps=fps,
+            folder=session.new_folder("video-"),
+            name=_name(settings, settings.frames),
+            result_settings=lambda n: replace(settings, frames=n),
+            progressive_mp4=self.progressive_mp4,
+        )
+        yield from self._run(session, job)
+
+    def extend(
+        self, session_id: str | None, prompt: str | None, length: Any, unit: str, schedule_rows: Any = None
+    ) -> Iterator[Update]:
+        """Continue this page's last video by `length` more (seconds or frames), seamlessly."""
+        session = self.store.get(session_id)
+        base = session.last
+        if base is None or base.state_path is None or not base.state_path.exists():
+            raise InputError("nothing to extend yet: make a video first (or upload a saved state and press Continue)")
+        frames = frames_for_length(length, unit, base.fps)
+        text = (
+            build_schedule(prompt, schedule_rows).to_text()
+            if (prompt or "").strip() or schedule_rows_present(schedule_rows)
+            else None
+        )
+        prompt_text = continue_schedule(base.settings.prompt, text, base.frames)
+        state = FIFOState.load(base.state_path)
+        new = replace(base.settings, prompt=prompt_text, frames=base.frames + frames)
+        self._check(replace(new, frames=frames), fresh=False)
+        reproducible = base.reproducible
+        job = Job(
+            tracks=[TrackSpec("main", new, state)],
+            frames=frames,
+            fps=base.fps,
+            folder=base.folder,
+            name=_name(new, new.frames),
+            result_settings=(lambda n: replace(new, frames=n)) if reproducible else (lambda n: None),
+            base=base,
+            progressive_mp4=self.progressive_mp4,
+            chunk_prefix=f"ext{base.frames:06d}-",
+        )
+        yield from self._run(session, job)
+
+    def continue_state(
+        self,
+        session_id: str | None,
+        state_file: str | os.PathLike | None,
+        prompt: str | None,
+        length: Any,
+        unit: str,
+        schedule_rows: Any = None,
+    ) -> Iterator[Update]:
+        """Continue a queue state saved earlier (uploaded): the new video holds the new frames."""
+        if not state_file:
+            raise InputError("no state file: upload a .pt file saved by this app (or by python -m fifo --save-state)")
+        try:
+            state = FIFOState.load(state_file)
+        except ValueError as e:
+            raise InputError(f"that file is not a saved FIFO state: {e}") from None
+        if state.backbone not in BACKBONES:
+            raise InputError(f"the state was made by backbone {state.backbone!r}, which is not available here")
+        c = state.config
+        if not (prompt or "").strip() and not schedule_rows_present(schedule_rows):
+            raise InputError("a saved state does not record its prompt: type the prompt to continue with")
+        fps = int(c["fps"])
+        frames = frames_for_length(length, unit, fps)
+        text = continue_schedule(None, build_schedule(prompt, schedule_rows).to_text(), state.frames_emitted)
+        settings = parse_inputs(
+            text,
+            "",
+            state.backbone,
+            frames,
+            "frames",
+            state.seed,
+            False,
+            c["partitions"],
+            c["lookahead"],
+            c["eta"],
+            c["guidance_scale"],
+            fps,
+            state.height,
+            state.width,
+        )
+        yield from self._loading(settings)
+        self._check(settings, fresh=False)
+        session = self.store.get(session_id)
+        job = Job(
+            tracks=[TrackSpec("main", settings, state)],
+            frames=frames,
+            fps=fps,
+            folder=session.new_folder("video-"),
+            name=f"fifo-continued-{state.frames_emitted}-{state.frames_emitted + frames}",
+            result_settings=lambda n: None,
+            progressive_mp4=self.progressive_mp4,
+        )
+        yield from self._run(session, job)
+
+    def compare(self, a: RunSettings, b: RunSettings, session_id: str | None) -> Iterator[Update]:
+        """The same prompt and seed under two settings, side by side in one video."""
+        same = ("backbone", "prompt", "seed", "frames", "height", "width")
+        if any(getattr(a, k) != getattr(b, k) for k in same):
+            raise InputError("a comparison runs one prompt, seed, length and size under two settings")
+        yield from self._loading(a)
+        self._check(a)
+        self._check(b)
+        session = self.store.get(session_id)
+        labels = [f"A: {describe(a)}", f"B: {describe(b)}"]
+        if labels[0][3:] == labels[1][3:]:
+            labels = ["A", "B"]
+        job = Job(
+            tracks=[TrackSpec(labels[0], a), TrackSpec(labels[1], b)],
+            frames=a.frames,
+            fps=a.resolved().fps,
+            folder=session.new_folder("compare-"),
+            name=f"fifo-compare-seed{a.seed}-{a.frames}f",
+            result_settings=lambda n: None,
+            progressive_mp4=self.progressive_mp4,
+            save_state=False,
+            labels=labels,
+        )
+        yield from self._run(session, job, record=False)
+
+    def stop(self, session_id: str | None) -> bool:
+        """Ask this page's run to stop after its current step; False when nothing is running."""
+        session = self.store.get(session_id)
+        if session.stop is None:
+            return False
+        session.stop.set()
+        return True
+
+    def end_session(self, session_id: str | None) -> None:
+        """The page went away: stop its run and delete its files."""
+        self.store.drop(session_id)
+
+    # -- estimates --------------------------------------------------------------------------------
+
+    def estimate(
+        self,
+        backbone: str,
+        length: Any,
+        unit: str,
+        partitions: Any,
+        lookahead: Any,
+        fps: Any,
+        height: Any,
+        width: Any,
+        tracks: int = 1,
+    ) -> str:
+        """One line of Markdown: how long the asked-for run should take (or what is wrong with the input)."""
+        try:
+            s = parse_inputs(
+                "x", "", backbone, length, unit, 0, False, partitions, lookahead, None, None, fps, height, width
+            ).resolved()
+        except InputError as e:
+            return f"⚠️ {e}"
+        spec = BACKBONES[s.backbone]
+        d = spec.defaults
+        bb = self.models._loaded.get(s.backbone)
+        tc = bb.temporal_compression if bb is not None else 1
+        sc = bb.spatial_compression if bb is not None else 8
+        cfg = FIFOConfig(
+            frames_per_window=d.frames_per_window,
+            partitions=s.partitions,
+            lookahead=s.lookahead,
+            eta=s.eta,
+            guidance_scale=s.guidance_scale,
+            fps=s.fps,
+        )
+        work = work_for(cfg, s.frames, tc)
+        area = max(1, (s.height // sc) * (s.width // sc))
+        est = self.rates.estimate(s.backbone, area, cfg, work, tracks)
+        if spec.needs_gpu and not self.models.gpu():
+            return f"{s.backbone} needs a GPU, and this machine has none: choose **toy** to try the method here"
+        load = "" if bb is not None or not spec.needs_gpu else " (+ loading the model first)"
+        how = "" if est.measured else " (a rough guess until this model has run here)"
+        text = (
+            f"**≈ {format_seconds(est.seconds)}**{how}{load} for {s.frames} frames ({s.frames / s.fps:.3g} s at {s.fps} fps): "
+            f"warm-up ≈ {format_seconds(est.warmup_seconds)}, then ≈ {format_seconds(est.seconds_per_frame)} per frame · "
+            f"queue of {cfg.queue_length} frames, {len(cfg.windows)} windows of {cfg.frames_per_window} per step"
+        )
+        limit = self._limit(s.backbone)
+        if limit is not None:
+            try:
+                plan = plan_leases(est.seconds, est.warmup_seconds, limit)
+                text += f" · ZeroGPU: ≈ {plan.gpu_seconds} GPU-seconds in {plan.leases} lease{'s' * (plan.leases > 1)}"
+            except ValueError as e:
+                text += f" · ⚠️ {e}"
+        return text
+
+
+def _area(bb, r: RunSettings) -> int:
+    lh, lw = bb.latent_size(r.height, r.width)
+    return lh * lw
+
+
+def schedule_rows_present(rows: Any) -> bool:
+    """Whether a schedule table holds any non-blank row."""
+    try:
+        return bool(schedule_rows_text(rows))
+    except InputError:
+        return True  # let the real parse report the problem

@@ -1,0 +1,490 @@
+"""What a user asked for, validated: prompt schedule, backbone, length, seed and FIFO settings.
+
+Every check raises `InputError` with a message that names the field, the value and what is
+allowed, written for the person at the keyboard (the app shows it as is). The same settings
+round-trip through a share link (`to_query` / `from_query`) and the MP4's metadata.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from fifo import BACKBONES, FIFOConfig, PromptSchedule
+
+
+class InputError(ValueError):
+    """A bad value from the user; its message is shown to them verbatim."""
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+MAX_PROMPT_CHARS = 1000  # per prompt; text encoders truncate far earlier, this only stops abuse
+MAX_SCHEDULE_ENTRIES = 64
+MAX_FRAMES = _env_int("FIFO_MAX_FRAMES", 3600)  # a demo bound, not the method's: FIFO has none
+MAX_SEED = 2**53 - 1  # survives a round trip through JavaScript numbers
+MAX_PIXELS = 1280 * 720  # height * width; beyond that a demo machine runs out of memory
+LENGTH_UNITS = ("seconds", "frames")
+LOOKAHEAD_CHOICES = ("default", "on", "off")
+EXAMPLE_PROMPT = "a red ball moving right"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """One validated request; `None` settings mean "the backbone's default"."""
+
+    prompt: str  # a prompt, or schedule text ("0: ...\n48: ...")
+    backbone: str
+    frames: int
+    seed: int
+    negative_prompt: str = ""
+    partitions: int | None = None
+    lookahead: bool | None = None
+    eta: float | None = None
+    guidance_scale: float | None = None
+    fps: int | None = None
+    height: int | None = None
+    width: int | None = None
+
+    @property
+    def schedule(self) -> PromptSchedule:
+        """The prompt as a schedule (a plain prompt is a one-entry schedule)."""
+        return PromptSchedule.parse(self.prompt)
+
+    def config(self) -> FIFOConfig:
+        """The FIFOConfig these settings ask for (unset fields left to the backbone)."""
+        return FIFOConfig(
+            partitions=self.partitions, lookahead=self.lookahead, eta=self.eta, guidance_scale=self.guidance_scale, fps=self.fps
+        )
+
+    def resolved(self) -> RunSettings:
+        """A copy with every `None` replaced by the backbone's default (from the registry, no loading)."""
+        d = BACKBONES[self.backbone].defaults
+        pick = lambda v, default: default if v is None else v
+        return replace(
+            self,
+            partitions=pick(self.partitions, d.partitions),
+            lookahead=pick(self.lookahead, d.lookahead),
+            eta=pick(self.eta, d.eta),
+            guidance_scale=pick(self.guidance_scale, d.guidance_scale),
+            fps=pick(self.fps, d.fps),
+            height=pick(self.height, d.height),
+            width=pick(self.width, d.width),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields."""
+        return asdict(self)
+
+    def to_query(self) -> str:
+        """The query string of a share link that reproduces this run exactly (every setting explicit)."""
+        r = self.resolved()
+        q = {
+            "prompt": r.prompt,
+            "negative": r.negative_prompt,
+            "backbone": r.backbone,
+            "frames": r.frames,
+            "seed": r.seed,
+            "partitions": r.partitions,
+            "lookahead": "on" if r.lookahead else "off",
+            "eta": _num(r.eta),
+            "guidance": _num(r.guidance_scale),
+            "fps": r.fps,
+            "height": r.height,
+            "width": r.width,
+        }
+        if not q["negative"]:
+            del q["negative"]
+        return urlencode(q)
+
+    def metadata(self) -> dict[str, str]:
+        """MP4 tags: `comment` holds every setting as JSON (as `python -m fifo` writes it), `title` the prompt."""
+        r = self.resolved()
+        meta = {
+            "prompt": r.prompt,
+            "negative_prompt": r.negative_prompt,
+            "backbone": r.backbone,
+            "seed": r.seed,
+            "height": r.height,
+            "width": r.width,
+            "frames": r.frames,
+            **r.config().to_dict(),
+            "frames_per_window": BACKBONES[r.backbone].defaults.frames_per_window,
+            "share_query": self.to_query(),
+        }
+        return {"title": r.schedule.entries[0][1][:200], "comment": json.dumps(meta)}
+
+
+def _num(x: float) -> str:
+    """Shortest exact text for a number: 1.0 -> '1', 0.25 -> '0.25', 0.123456789 stays whole."""
+    return repr(float(x)).removesuffix(".0")
+
+
+# -- parsing what the widgets (or an API client) send -------------------------------------------
+
+
+def _is_blank(v: Any) -> bool:
+    """None, empty text, NaN, or 'default' / 'auto': the backbone's default applies."""
+    if isinstance(v, str):
+        return v.strip().lower() in ("", "default", "auto", "none")
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _number(name: str, v: Any, *, integer: bool, allowed: str) -> float | int | None:
+    """A number from a widget or API value; None stays None; text is parsed; bools refused."""
+    if _is_blank(v):
+        return None
+    if isinstance(v, bool):
+        raise InputError(f"{name}={v!r}: {allowed}")
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}={v!r} is not a number: {allowed}") from None
+    if not math.isfinite(x):
+        raise InputError(f"{name}={v!r}: {allowed}")
+    if integer:
+        if not x.is_integer():
+            raise InputError(f"{name}={v!r} is not a whole number: {allowed}")
+        return int(x)
+    return x
+
+
+def _lookahead(v: Any) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if _is_blank(s):
+        return None
+    if s in ("on", "true", "1", "yes"):
+        return True
+    if s in ("off", "false", "0", "no"):
+        return False
+    raise InputError(f"lookahead={v!r}: allowed are 'default', 'on', 'off'")
+
+
+def schedule_rows_text(rows: Any) -> list[tuple[int, str]]:
+    """Rows of a schedule table ([frame, prompt] pairs, blanks skipped) as (frame, prompt) entries."""
+    if rows is None:
+        return []
+    if isinstance(rows, Mapping):  # gradio_client sends a table as {"headers": ..., "data": ...}
+        rows = rows.get("data") or []
+    elif hasattr(rows, "values") and hasattr(rows, "columns"):  # a pandas DataFrame
+        rows = rows.values.tolist()
+    out = []
+    for i, row in enumerate(rows, 1):
+        cells = list(row) + ["", ""]
+        frame, prompt = cells[0], cells[1]
+        if _is_blank(frame) and _is_blank(prompt):
+            continue
+        where = f"schedule row {i}"
+        if _is_blank(prompt):
+            raise InputError(f"{where}: the prompt is empty")
+        f = _number(f"{where}: frame", frame, integer=True, allowed="give the first video frame (0, 1, 2, ...) of this prompt")
+        if f is None or f < 0:
+            raise InputError(f"{where}: frame {frame!r} must be a whole number >= 0")
+        out.append((f, str(prompt).strip()))
+    return out
+
+
+def build_schedule(prompt: Any, rows: Any = None) -> PromptSchedule:
+    """The prompt box (a prompt or 'FRAME: prompt' lines) merged with schedule-table rows."""
+    if prompt is not None and not isinstance(prompt, str):
+        raise InputError(f"prompt must be text, got {type(prompt).__name__}")
+    text = (prompt or "").strip()
+    extra = schedule_rows_text(rows)
+    if not text and not extra:
+        raise InputError(f"prompt is empty: describe the video, e.g. '{EXAMPLE_PROMPT}'")
+    try:
+        entries = list(PromptSchedule.parse(text).entries) if text else []
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    entries += extra
+    entries.sort(key=lambda e: e[0])
+    starts = [s for s, _ in entries]
+    dup = next((s for s, t in itertools.pairwise(starts) if s == t), None)
+    if dup is not None:
+        raise InputError(f"two prompts start at frame {dup}: give each frame one prompt")
+    if len(entries) > MAX_SCHEDULE_ENTRIES:
+        raise InputError(f"the prompt schedule has {len(entries)} entries: at most {MAX_SCHEDULE_ENTRIES} are allowed")
+    for s, p in entries:
+        if len(p) > MAX_PROMPT_CHARS:
+            raise InputError(f"the prompt at frame {s} is {len(p)} characters long: at most {MAX_PROMPT_CHARS} are allowed")
+    try:
+        return PromptSchedule(tuple(entries))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def frames_for_length(length: Any, unit: str, fps: int) -> int:
+    """Video frames for a length in seconds (at `fps`) or in frames; InputError outside [1, MAX_FRAMES]."""
+    unit = (unit or "seconds").strip().lower()
+    if unit not in LENGTH_UNITS:
+        raise InputError(f"length unit {unit!r}: allowed are {', '.join(LENGTH_UNITS)}")
+    limit = f"between 1 frame and {MAX_FRAMES} frames ({MAX_FRAMES / fps:g} s at {fps} fps)"
+    x = _number("length", length, integer=unit == "frames", allowed=f"give a length {limit}")
+    if x is None:
+        raise InputError(f"length is empty: give a length {limit}")
+    frames = round(x * fps) if unit == "seconds" else int(x)
+    if not 1 <= frames <= MAX_FRAMES:
+        asked = f"{x:g} s = {frames} frames" if unit == "seconds" else f"{frames} frames"
+        raise InputError(f"length {asked} is out of range: give a length {limit}")
+    return frames
+
+
+def parse_seed(seed: Any, random_seed: bool = False) -> int:
+    """The seed to use: a fresh random one when asked, else the given whole number in [0, MAX_SEED]."""
+    if random_seed:
+        return secrets.randbelow(2**31)
+    allowed = f"give a whole number from 0 to {MAX_SEED}, or tick 'random seed'"
+    s = _number("seed", seed, integer=True, allowed=allowed)
+    if s is None:
+        raise InputError(f"seed is empty: {allowed}")
+    if not 0 <= s <= MAX_SEED:
+        raise InputError(f"seed={s}: {allowed}")
+    return s
+
+
+def check_backbone(name: Any) -> str:
+    """A registry name, or InputError listing the names."""
+    if not isinstance(name, str) or name not in BACKBONES:
+        raise InputError(f"backbone={name!r} is not available here: choose one of {', '.join(BACKBONES)}")
+    return name
+
+
+def parse_inputs(
+    prompt: Any,
+    negative_prompt: Any = "",
+    backbone: Any = "toy",
+    length: Any = 4.0,
+    length_unit: str = "seconds",
+    seed: Any = 0,
+    random_seed: bool = False,
+    partitions: Any = None,
+    lookahead: Any = None,
+    eta: Any = None,
+    guidance_scale: Any = None,
+    fps: Any = None,
+    height: Any = None,
+    width: Any = None,
+    schedule_rows: Any = None,
+) -> RunSettings:
+    """Validate raw widget / API values into RunSettings; InputError names the first problem."""
+    schedule = build_schedule(prompt, schedule_rows)
+    negative = "" if negative_prompt is None else str(negative_prompt).strip()
+    if len(negative) > MAX_PROMPT_CHARS:
+        raise InputError(f"negative prompt is {len(negative)} characters long: at most {MAX_PROMPT_CHARS} are allowed")
+    name = check_backbone(backbone)
+    fields = {
+        "partitions": _number(
+            "partitions", partitions, integer=True, allowed="give a whole number from 1 to 64, or leave it empty"
+        ),
+        "lookahead": _lookahead(lookahead),
+        "eta": _number("eta", eta, integer=False, allowed="give a number from 0 to 1, or leave it empty"),
+        "guidance_scale": _number(
+            "guidance", guidance_scale, integer=False, allowed="give a number from 1 to 50, or leave it empty"
+        ),
+        "fps": _number("fps", fps, integer=True, allowed="give a whole number from 1 to 120, or leave it empty"),
+    }
+    try:
+        FIFOConfig(**fields)  # the engine's own range checks, messages naming the field
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    size = {
+        k: _number(k, v, integer=True, allowed="give a whole number of pixels, or leave it empty")
+        for k, v in (("height", height), ("width", width))
+    }
+    d = BACKBONES[name].defaults
+    h, w = size["height"] or d.height, size["width"] or d.width
+    if h <= 0 or w <= 0 or h * w > MAX_PIXELS:
+        raise InputError(f"size {w}x{h}: each side must be positive and width x height at most {MAX_PIXELS} pixels here")
+    frames = frames_for_length(length, length_unit, fields["fps"] or d.fps)
+    return RunSettings(
+        prompt=schedule.to_text(),
+        backbone=name,
+        frames=frames,
+        seed=parse_seed(seed, bool(random_seed)),
+        negative_prompt=negative,
+        **fields,
+        **size,
+    )
+
+
+# -- share links --------------------------------------------------------------------------------
+
+QUERY_KEYS = (
+    "prompt",
+    "negative",
+    "backbone",
+    "frames",
+    "seconds",
+    "seed",
+    "partitions",
+    "lookahead",
+    "eta",
+    "guidance",
+    "fps",
+    "height",
+    "width",
+)
+
+
+def query_params(link_or_query: str) -> dict[str, str]:
+    """The parameters of a share link, a bare query string, or '?a=b' text."""
+    text = (link_or_query or "").strip()
+    query = urlsplit(text).query if "://" in text or text.startswith("/") else text.lstrip("?")
+    return dict(parse_qsl(query, keep_blank_values=True))
+
+
+def from_query(params: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Widget values from a link's parameters, and notes on what was ignored (links come from anywhere).
+
+    Returns only the widgets the link sets; a value that fails its check is left out and noted, so
+    a half-broken link still fills in what it can.
+    """
+    values: dict[str, Any] = {}
+    notes: list[str] = []
+
+    def take(key: str, fn) -> None:
+        if key in params:
+            try:
+                fn(params[key])
+            except InputError as e:
+                notes.append(f"ignored {key}: {e}")
+
+    def prompt(v: str) -> None:
+        values["prompt"] = build_schedule(v).to_text()
+
+    take("prompt", prompt)
+    take("negative", lambda v: values.__setitem__("negative_prompt", v[:MAX_PROMPT_CHARS]))
+    take("backbone", lambda v: values.__setitem__("backbone", check_backbone(v)))
+
+    def frames(v: str) -> None:
+        n = _number("frames", v, integer=True, allowed=f"a whole number from 1 to {MAX_FRAMES}")
+        if n is None or not 1 <= n <= MAX_FRAMES:
+            raise InputError(f"frames={v!r}: allowed are 1 to {MAX_FRAMES}")
+        values["length"], values["length_unit"] = n, "frames"
+
+    def seconds(v: str) -> None:
+        x = _number("seconds", v, integer=False, allowed="give a number of seconds")
+        values["length"], values["length_unit"] = x, "seconds"
+
+    take("seconds", seconds)
+    take("frames", frames)  # frames win over seconds: they are exact
+
+    def seed(v: str) -> None:
+        if v.strip().lower() == "random":
+            values["random_seed"] = True
+        else:
+            values["seed"], values["random_seed"] = parse_seed(v), False
+
+    take("seed", seed)
+    take(
+        "partitions",
+        lambda v: values.__setitem__(
+            "partitions", _checked_config("partitions", _number("partitions", v, integer=True, allowed="a whole number"))
+        ),
+    )
+    take("lookahead", lambda v: values.__setitem__("lookahead", {None: "default", True: "on", False: "off"}[_lookahead(v)]))
+    take(
+        "eta",
+        lambda v: values.__setitem__(
+            "eta", _checked_config("eta", _number("eta", v, integer=False, allowed="a number in [0, 1]"))
+        ),
+    )
+    take(
+        "guidance",
+        lambda v: values.__setitem__(
+            "guidance_scale",
+            _checked_config("guidance_scale", _number("guidance", v, integer=False, allowed="a number in [1, 50]")),
+        ),
+    )
+    take(
+        "fps",
+        lambda v: values.__setitem__("fps", _checked_config("fps", _number("fps", v, integer=True, allowed="a whole number"))),
+    )
+    for key in ("height", "width"):
+        take(key, lambda v, key=key: values.__setitem__(key, _number(key, v, integer=True, allowed="a whole number of pixels")))
+    unknown = sorted(set(params) - set(QUERY_KEYS))
+    if unknown:
+        notes.append(f"ignored unknown parameter(s): {', '.join(unknown)}")
+    return values, notes
+
+
+def _checked_config(field: str, value: Any) -> Any:
+    try:
+        FIFOConfig(**{field: value})
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return value
+
+
+def settings_from_query(params: Mapping[str, str]) -> RunSettings:
+    """Strictly parse a share link into the RunSettings it reproduces (InputError on any bad value)."""
+    values, notes = from_query(params)
+    if notes:
+        raise InputError("; ".join(notes))
+    if "prompt" not in values:
+        raise InputError("the link has no prompt")
+    return parse_inputs(
+        values["prompt"],
+        values.get("negative_prompt", ""),
+        values.get("backbone", "toy"),
+        values.get("length", 4.0),
+        values.get("length_unit", "seconds"),
+        values.get("seed", 0),
+        values.get("random_seed", False),
+        values.get("partitions"),
+        values.get("lookahead"),
+        values.get("eta"),
+        values.get("guidance_scale"),
+        values.get("fps"),
+        values.get("height"),
+        values.get("width"),
+    )
+
+
+def schedule_table(prompt: str) -> tuple[str, list[list[Any]]]:
+    """Split schedule text into the first prompt and table rows [frame, prompt] for the later ones."""
+    try:
+        entries = PromptSchedule.parse(prompt).entries
+    except ValueError:
+        return prompt, []
+    return entries[0][1], [[s, p] for s, p in entries[1:]]
+
+
+def describe_length(frames: int, fps: int) -> str:
+    """'48 frames (4 s at 12 fps)'."""
+    return f"{frames} frames ({frames / fps:.3g} s at {fps} fps)"
+
+
+def continue_schedule(base_prompt: str | None, new_prompt: str | None, at: int) -> str:
+    """The schedule of a video continued from frame `at`: the old prompts before it, the new text from it on.
+
+    New entries count frames from the continuation (`0:` is frame `at`). Without new text, or with
+    the same text as before, the old schedule simply goes on.
+    """
+    new = (new_prompt or "").strip()
+    if base_prompt is not None and (not new or new == base_prompt.strip()):
+        return PromptSchedule.parse(base_prompt).to_text()
+    added = build_schedule(new).entries
+    if base_prompt is None:
+        entries = [(0 if i == 0 else at + s, p) for i, (s, p) in enumerate(added)]
+    else:
+        old = PromptSchedule.parse(base_prompt)
+        entries = [(s, p) for s, p in old.entries if s < at]
+        for s, p in added:
+            if not (s == 0 and p == old.prompt_at(at)):  # the same prompt going on is no change
+                entries.append((at + s, p))
+    return PromptSchedule(tuple(entries)).to_text()
