@@ -1,0 +1,126 @@
+"""What the speed and memory benchmarks count, asserted (their timings are printed, never asserted).
+
+Forward calls per emitted frame are exactly n windows (2n with lookahead), in one call per step;
+each prompt is encoded once per run; nothing accumulates over a run; the benchmark scripts run.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fifo
+from benchmarks.common import Counters, full_clip_sample, tiny_unet3d
+from fifo import FIFOConfig, FIFOStream
+from fifo.parallel import PipelinedFIFOStream
+
+ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)  # tiny models: threads cost more than they give, and tests run side by side
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_unet3d(frames=4, partitions=2, latent=8, channels=(8, 16))
+
+
+def toy():
+    return fifo.load_backbone("toy", height=64, width=64)
+
+
+@pytest.mark.parametrize("cls", [FIFOStream, PipelinedFIFOStream])
+@pytest.mark.parametrize("lookahead, window_batch", [(True, None), (False, None), (True, 3), (False, 1)])
+def test_forward_calls_per_frame_are_exactly_n_or_2n_windows(cls, lookahead, window_batch):
+    bb = toy()
+    c = Counters(bb)
+    cfg = FIFOConfig(frames_per_window=4, partitions=3, lookahead=lookahead, window_batch=window_batch)
+    stream = cls(bb, "a red ball moving right", cfg)
+    it = stream.frames(20)
+    next(it)
+    L, f = 12, 4
+    per_step = 2 * 3 if lookahead else 3  # windows per step: 2n with lookahead, else n
+    calls_per_step = 1 if window_batch is None else -(-per_step // window_batch)
+    # warm start: L calls on one clip; then L - f warm-up steps and the first frame's step
+    assert c.denoise_calls == L + (L - f + 1) * calls_per_step
+    c.reset()
+    rest = sum(1 for _ in it)
+    assert rest == 19 and c.windows == per_step * rest
+    assert c.denoise_calls == rest * calls_per_step
+    c.restore()
+
+
+def test_each_prompt_is_encoded_once_per_run(unet):
+    for bb, prompt in ((toy(), "a red ball moving right"), (unet, "a cat")):
+        c = Counters(bb)
+        list(PipelinedFIFOStream(bb, prompt).frames(6))
+        assert c.encode_calls == 1
+        c.reset()
+        schedule = {0: prompt, 3: prompt + " fast" if bb.name == "toy" else "a dog"}
+        list(PipelinedFIFOStream(bb, schedule).frames(8))
+        assert c.encode_calls == 2  # two distinct prompts, each once
+        c.restore()
+
+
+def test_counters_time_and_restore(unet):
+    inner = unet.denoise
+    c = Counters(unet)
+    assert unet.denoise is not inner
+    list(FIFOStream(unet, "a cat").frames(1))
+    assert c.denoise_calls > 0 and c.denoise_s > 0 and c.windows >= c.denoise_calls
+    c.restore()
+    assert unet.denoise == inner
+
+
+def test_full_clip_baseline_denoises_all_frames_together(unet):
+    c = Counters(unet)
+    frames = full_clip_sample(unet, "a cat", 10, steps=5)
+    assert frames.shape == (10, 16, 16, 3) and frames.dtype == np.uint8
+    assert c.denoise_calls == 5 and c.windows == 5  # one clip of 10 frames per call
+    assert np.array_equal(frames, full_clip_sample(unet, "a cat", 10, steps=5))
+    c.restore()
+
+
+def test_objects_and_tensors_do_not_accumulate_over_a_run():
+    stream = PipelinedFIFOStream(toy(), "a red ball moving right", FIFOConfig(frames_per_window=4, partitions=2))
+    it = stream.frames(400)
+    for _ in range(20):
+        next(it)
+
+    def census():
+        gc.collect()
+        objs = gc.get_objects()
+        return len(objs), sum(issubclass(type(o), torch.Tensor) for o in objs)
+
+    objects, tensors = census()
+    for _ in range(300):
+        next(it)
+    objects2, tensors2 = census()
+    assert tensors2 == tensors and abs(objects2 - objects) < 50, (objects, objects2)
+
+
+def run_script(*args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_speed_benchmark_runs():
+    out = run_script("benchmarks/speed.py", "--smoke", "--only", "share")
+    assert "### Share of wall time" in out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| toy ") or ln.startswith("| unet3d ")]
+    assert len(rows) == 6
+
+
+def test_memory_benchmark_child_runs():
+    import json
+
+    out = run_script("benchmarks/memory.py", "--child", "fifo", "toy", "2,5", "1")
+    res = json.loads(out.strip().splitlines()[-1])
+    assert [p["frames"] for p in res["points"]] == [2, 5] and res["points"][1]["peak"] >= res["baseline"]
