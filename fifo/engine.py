@@ -21,7 +21,7 @@ from .config import FIFOConfig
 from .noise import BASE, ETA, FILL, TAIL, keyed_normal, keyed_normal_frames
 from .prompts import PromptLike, PromptSchedule
 from .schedule import Window, make_ladder, slot_timesteps, window_batches
-from .solvers import solver_step
+from .solvers import step_coefficients
 
 Callback = Callable[[dict[str, Any]], Any]
 _LAYOUT_FIELDS = ("frames_per_window", "partitions", "lookahead", "warmup")
@@ -98,8 +98,10 @@ class FIFOStream:
         dev = backbone.device
         self._batches = window_batches(cfg.windows, cfg.window_batch)
         self._slot_t = slot_timesteps(self.ladder, self.h).float().to(dev)  # (h + L,)
-        view = lambda v: v.float().to(dev).view(1, -1, 1, 1)  # noqa: E731  (1, L, 1, 1) per main slot
-        self._coef = tuple(view(v) for v in (self.ladder.alphas, self.ladder.sigmas, self.ladder.next_alphas, self.ladder.next_sigmas))
+        lad = self.ladder
+        self._coef64 = step_coefficients(lad.alphas, lad.sigmas, lad.next_alphas, lad.next_sigmas, backbone.prediction_type, cfg.eta)
+        # (1, L, 1, 1) per main slot: x' = c_x x + c_out out (+ c_noise z)
+        self._coef = tuple(None if v is None else v.float().to(dev).view(1, -1, 1, 1) for v in self._coef64)
         self._conds: dict[str, Any] = {}
         self._decoder = backbone.decoder()
         self.queue: torch.Tensor | None = None  # (C, h + L, lh, lw) float32, on the backbone's device
@@ -176,19 +178,30 @@ class FIFOStream:
         n = keyed_normal_frames(self.latent_shape, self.seed, ETA, frames, [step] * len(frames))
         return n.to(self.backbone.device)
 
+    def _draw_step_noise(self, k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The keyed draws of step k: eta noise of the L main frames (or None) and the new tail frame."""
+        tail = keyed_normal(self.latent_shape, self.seed, TAIL, k + self.L)
+        if self.backbone.device.type == "cuda":  # pinned, so the copy overlaps the denoiser
+            tail = tail.pin_memory()
+        return self._eta_noise(list(range(k, k + self.L)), k), tail.to(self.backbone.device, non_blocking=True)
+
+    def _step_noise(self, k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The noise step k uses (a hook: `parallel.PipelinedFIFOStream` draws it one step ahead)."""
+        return self._draw_step_noise(k)
+
     def _warm_start(self) -> None:
         """Sample one ordinary f-frame clip in L steps, then fill the queue with it, re-noised per rung."""
         f, L, h, lad = self.f, self.L, self.h, self.ladder
         dev = self.backbone.device
         x = keyed_normal_frames(self.latent_shape, self.seed, BASE, list(range(f)), [0] * f).to(dev)  # (C, f, lh, lw)
         cond = [self._cond(self._prompt_of_latent(L - f))]
-        for i in reversed(range(L)):
+        for i in reversed(range(L)):  # every frame of the clip from rung i to i - 1
             t = lad.timesteps[i].float().to(dev).expand(1, f)
             out = self._denoise(x[None], t, cond)[0]
-            c = [lad.alphas[i], lad.sigmas[i], lad.next_alphas[i], lad.next_sigmas[i]]
-            c = [float(v) * torch.ones((), device=dev) for v in c]
-            noise = self._eta_noise([-1 - j for j in range(f)], L - i)
-            x = solver_step(x, out, *c, self.backbone.prediction_type, self.config.eta, noise)
+            cx, cout, cn = (None if c is None else float(c[i]) for c in self._coef64)
+            x = cx * x + cout * out
+            if cn is not None:
+                x = x + cn * self._eta_noise([-1 - j for j in range(f)], L - i)
         src = [max(0, i - (L - f)) for i in range(L)]  # main slot i holds clip frame src[i]
         noise = keyed_normal_frames(self.latent_shape, self.seed, FILL, list(range(L)), [0] * L).to(dev)
         a, s = (v.float().to(dev).view(1, -1, 1, 1) for v in (lad.alphas, lad.sigmas))
@@ -201,14 +214,25 @@ class FIFOStream:
             self._warm_start()
         k, h, L = self.step_index, self.h, self.L
         queue = self.queue
+        eta_noise, tail = self._step_noise(k)
         out = self._main_outputs(queue)
-        noise = self._eta_noise(list(range(k, k + L)), k)
-        main = solver_step(queue[:, h:], out, *self._coef, self.backbone.prediction_type, self.config.eta, noise)
-        tail = keyed_normal(self.latent_shape, self.seed, TAIL, k + L).to(queue.device)[:, None]
-        # the head, now clean, leaves the main queue; with lookahead it becomes the newest context frame
-        self.queue = torch.cat([queue[:, 1:h], main, tail], dim=1) if h else torch.cat([main[:, 1:], tail], dim=1)
+        # The next queue, written in place of a torch.cat: [context h-1 | main L | tail] with
+        # lookahead (the popped head becomes the newest context frame), [head | main L-1 | tail] without.
+        C, _, lh, lw = queue.shape
+        keep = max(h - 1, 0)
+        nxt = queue.new_empty((C, keep + L + 1, lh, lw))
+        main = nxt[:, keep : keep + L]
+        cx, cout, cn = self._coef
+        torch.mul(queue[:, h:], cx, out=main)
+        main.addcmul_(out, cout)
+        if eta_noise is not None:
+            main.addcmul_(eta_noise, cn)
+        nxt[:, :keep] = queue[:, 1:h]
+        nxt[:, keep + L] = tail
+        popped = main[:, 0].clone()
+        self.queue = nxt if h else nxt[:, 1:]
         self.step_index = k + 1
-        return main[:, 0]
+        return popped
 
     # -- frames out -----------------------------------------------------------------------------
 

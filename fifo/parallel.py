@@ -6,13 +6,9 @@ Three layers, each a drop-in for `FIFOStream` (same constructor, same frames, sa
     The engine's loop with nothing on the denoiser's critical path that need not be there: the
     decode of step k runs in a worker thread while step k+1 denoises (`decode_ahead`); the keyed
     noise of step k+1 (the tail frame and, for eta > 0, one draw per main slot) is drawn in a
-    second worker meanwhile; the per-frame solver step is folded into per-slot coefficients
-    computed once in float64 (`fused_solver`: `x' = c_x x + c_out out (+ c_noise z)`, two or three
-    in-place tensor ops written straight into the next queue, no `torch.cat`). It never steps
-    further than the frames asked for need, and `state()` first waits for decodes in flight, so
-    resume is exact. With `decode_ahead=False, fused_solver=False` it computes exactly what
-    `FIFOStream` computes (bit-identical); the fused solver differs from the engine's formula only
-    by float32 rounding (the tests hold it to 1e-5 on the latents).
+    second worker meanwhile. The step itself is the engine's. It never steps further than the
+    frames asked for need, and `state()` first waits for decodes in flight, so resume is exact and
+    the frames are bit-identical to `FIFOStream`'s.
 
 `DistributedFIFOStream`
     Every rank holds a full model replica and the whole queue. Each step, rank r denoises a
@@ -57,10 +53,8 @@ import torch.distributed as dist
 from .backbones.base import Backbone, video_frames_before
 from .config import FIFOConfig
 from .engine import Callback, FIFOState, FIFOStream
-from .noise import ETA, TAIL, keyed_normal, keyed_normal_frames
 from .prompts import PromptLike
 from .schedule import Window, window_batches
-from .solvers import solver_step
 
 __all__ = [
     "PipelinedFIFOStream",
@@ -72,39 +66,9 @@ __all__ = [
     "generate_distributed",
     "spawn",
     "free_port",
-    "fused_coefficients",
     "share_windows",
     "apply_gpu_options",
 ]
-
-
-# -- the fused solver ----------------------------------------------------------------------------
-
-
-def fused_coefficients(ladder, prediction_type: str, eta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-rung (c_x, c_out, c_noise), float64 (L,): one solver step is `c_x x + c_out out + c_noise z`.
-
-    Every update of `solvers.py` is linear in (x, model output, noise) with coefficients that depend
-    only on the rung, so they are computed once per run. DDIM (epsilon and v) as in
-    `solvers.ddim_step`, flow Euler as in `solvers.flow_euler_step`; `c_noise` is None for eta = 0.
-    """
-    a, s, na, ns = ladder.alphas, ladder.sigmas, ladder.next_alphas, ladder.next_sigmas
-    if prediction_type == "flow":
-        if eta != 0:
-            raise ValueError(f"eta={eta}: flow Euler is deterministic, use eta=0")
-        return torch.ones_like(s), ns - s, None
-    if eta == 0:
-        std, d = torch.zeros_like(s), ns
-    else:
-        std = eta * (ns / s) * (1 - (a / na) ** 2).clamp_min(0).sqrt()
-        d = (ns**2 - std**2).clamp_min(0).sqrt()
-    if prediction_type == "epsilon":  # x0 = (x - s out) / a, eps = out
-        cx, cout = na / a, d - na * s / a
-    elif prediction_type == "v_prediction":  # x0 = a x - s out, eps = s x + a out
-        cx, cout = na * a + d * s, d * a - na * s
-    else:
-        raise ValueError(f"prediction_type={prediction_type!r}: allowed are 'epsilon', 'v_prediction', 'flow'")
-    return cx, cout, (std if eta != 0 else None)
 
 
 def _frames_of_latent(j: int, temporal_compression: int) -> int:
@@ -122,7 +86,7 @@ def _done(value) -> Future:
 
 
 class PipelinedFIFOStream(FIFOStream):
-    """`FIFOStream` with decoding and noise drawing off the denoiser's path, and a fused solver.
+    """`FIFOStream` with decoding and noise drawing off the denoiser's path; the same frames.
 
     Extra keyword arguments (all with safe defaults):
       decode_ahead   decode popped latents in a worker thread while the next step denoises.
@@ -131,8 +95,6 @@ class PipelinedFIFOStream(FIFOStream):
                      hand-off (the GIL) costs about what a cheap decode saves
       prefetch_noise draw the next step's keyed noise in a worker thread meanwhile. None: on
                      for CUDA, and for eta > 0 (L draws per step, 1-5 ms of CPU work)
-      fused_solver   per-rung solver coefficients, written straight into the next queue (True);
-                     False: the engine's own `solver_step` and `torch.cat`, bit-identical to it
     """
 
     def __init__(
@@ -148,17 +110,12 @@ class PipelinedFIFOStream(FIFOStream):
         *,
         decode_ahead: bool | None = None,
         prefetch_noise: bool | None = None,
-        fused_solver: bool = True,
     ) -> None:
         super().__init__(backbone, prompt, config, seed, negative_prompt, height, width, state)
         cuda = torch.device(backbone.device).type == "cuda"
         self.decode_ahead = cuda if decode_ahead is None else bool(decode_ahead)
         self.prefetch_noise = (cuda or self.config.eta != 0) if prefetch_noise is None else bool(prefetch_noise)
-        self.fused_solver = bool(fused_solver)
         self.decodes = True  # False on ranks that only step (DistributedFIFOStream)
-        cx, cout, cn = fused_coefficients(self.ladder, backbone.prediction_type, float(self.config.eta))
-        view = lambda v: None if v is None else v.float().to(backbone.device).view(1, -1, 1, 1)  # noqa: E731
-        self._fused = (view(cx), view(cout), view(cn))
         self._inflight: deque[tuple[Future, int]] = deque()  # decodes submitted, not yet collected
         self._inflight_frames = 0
         self._decode_pool: ThreadPoolExecutor | None = None
@@ -168,58 +125,12 @@ class PipelinedFIFOStream(FIFOStream):
     # -- noise ------------------------------------------------------------------------------------
 
     def _step_noise(self, k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The keyed draws of step k: eta noise of the L main frames (or None) and the new tail frame."""
-        L = self.L
-        eta = None
-        if self.config.eta != 0:
-            eta = keyed_normal_frames(self.latent_shape, self.seed, ETA, list(range(k, k + L)), [k] * L)
-        tail = keyed_normal(self.latent_shape, self.seed, TAIL, k + L)
-        dev = self.backbone.device
-        if dev.type == "cuda":  # pinned, so the copy overlaps the denoiser
-            eta = None if eta is None else eta.pin_memory().to(dev, non_blocking=True)
-            return eta, tail.pin_memory().to(dev, non_blocking=True)
-        return (None if eta is None else eta.to(dev)), tail.to(dev)
-
-    def _noise_of(self, k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Step k's noise, drawn one step ahead in a worker when `prefetch_noise` is on."""
         nxt, self._noise_next = self._noise_next, None
-        noise = nxt[1].result() if nxt is not None and nxt[0] == k else self._step_noise(k)
+        noise = nxt[1].result() if nxt is not None and nxt[0] == k else self._draw_step_noise(k)
         if self._noise_pool is not None:
-            self._noise_next = (k + 1, self._noise_pool.submit(self._step_noise, k + 1))
+            self._noise_next = (k + 1, self._noise_pool.submit(self._draw_step_noise, k + 1))
         return noise
-
-    # -- one step ---------------------------------------------------------------------------------
-
-    def step(self) -> torch.Tensor:
-        """One diagonal denoising step: every main frame one rung down; returns the popped latent (C, lh, lw)."""
-        if self.queue is None:
-            self._warm_start()
-        k, h, L = self.step_index, self.h, self.L
-        queue = self.queue
-        eta_noise, tail = self._noise_of(k)
-        out = self._main_outputs(queue)
-        if not self.fused_solver:
-            main = solver_step(queue[:, h:], out, *self._coef, self.backbone.prediction_type, self.config.eta, eta_noise)
-            tail = tail[:, None]
-            self.queue = torch.cat([queue[:, 1:h], main, tail], dim=1) if h else torch.cat([main[:, 1:], tail], dim=1)
-            self.step_index = k + 1
-            return main[:, 0]
-        # the next queue [context h-1 | main L | tail 1] (h > 0), or [popped | main L-1 | tail] (h = 0)
-        C, _, lh, lw = queue.shape
-        ms = max(h - 1, 0)
-        buf = queue.new_empty((C, ms + L + 1, lh, lw))
-        main = buf[:, ms : ms + L]
-        cx, cout, cn = self._fused
-        torch.mul(queue[:, h:], cx, out=main)
-        main.addcmul_(out, cout)
-        if eta_noise is not None:
-            main.addcmul_(eta_noise, cn)
-        if h:
-            buf[:, :ms] = queue[:, 1:h]
-        buf[:, ms + L] = tail
-        popped = main[:, 0].clone()
-        self.queue = buf if h else buf[:, 1:]
-        self.step_index = k + 1
-        return popped
 
     # -- frames out -------------------------------------------------------------------------------
 
@@ -330,7 +241,7 @@ def generate_fast(
     callback: Callback | None = None,
     **options,
 ) -> Iterator[np.ndarray]:
-    """`fifo.generate` on a `PipelinedFIFOStream` (options: decode_ahead, prefetch_noise, fused_solver)."""
+    """`fifo.generate` on a `PipelinedFIFOStream` (options: decode_ahead, prefetch_noise)."""
     stream = PipelinedFIFOStream(backbone, prompt, config, seed, negative_prompt, height, width, state, **options)
     return stream.frames(num_frames, callback)
 

@@ -72,3 +72,30 @@ def solver_step(
             raise ValueError(f"eta={eta}: flow Euler is deterministic, use eta=0")
         return flow_euler_step(x, out, sigma, next_sigma)
     return ddim_step(x, out, alpha, sigma, next_alpha, next_sigma, prediction_type, eta, noise)
+
+
+def step_coefficients(
+    alpha: Tensor, sigma: Tensor, next_alpha: Tensor, next_sigma: Tensor, prediction_type: str, eta: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`solver_step` as `x' = c_x x + c_out out + c_noise z`, per rung (`c_noise` None for eta = 0).
+
+    Every update here is linear in (x, model output, noise) with coefficients that depend only on
+    the rung, so the engine computes them once per run (in float64) instead of every step.
+    """
+    a, s, na, ns = alpha, sigma, next_alpha, next_sigma
+    if prediction_type == "flow":
+        if eta != 0:
+            raise ValueError(f"eta={eta}: flow Euler is deterministic, use eta=0")
+        return torch.ones_like(s), ns - s, None
+    if eta == 0:
+        std, d = torch.zeros_like(s), ns
+    else:
+        std = eta * (ns / s) * (1 - (a / na) ** 2).clamp_min(0).sqrt()
+        d = (ns**2 - std**2).clamp_min(0).sqrt()
+    if prediction_type == "epsilon":  # x0 = (x - s out) / a, eps = out
+        cx, cout = na / a, d - na * s / a
+    elif prediction_type == "v_prediction":  # x0 = a x - s out, eps = s x + a out
+        cx, cout = na * a + d * s, d * a - na * s
+    else:
+        raise ValueError(f"prediction_type={prediction_type!r}: allowed are 'epsilon', 'v_prediction', 'flow'")
+    return cx, cout, (std if eta != 0 else None)

@@ -21,15 +21,13 @@ from fifo.parallel import (
     PipelinedFIFOStream,
     apply_gpu_options,
     distributed_context,
-    fused_coefficients,
     generate_distributed,
     generate_fast,
     init_from_env,
     share_windows,
     spawn,
 )
-from fifo.schedule import NoiseSchedule, make_ladder, windows
-from fifo.solvers import solver_step
+from fifo.schedule import windows
 
 torch.set_num_threads(1)  # tiny models: threads cost more than they give; the ranks use one each too
 PROMPT = "a red ball moving right"
@@ -59,23 +57,6 @@ def popped(stream, steps: int) -> torch.Tensor:
         return torch.stack([stream.step().clone() for _ in range(steps)])
 
 
-# -- the fused solver --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("pred, eta", [("epsilon", 0.0), ("epsilon", 0.7), ("v_prediction", 0.0), ("v_prediction", 1.0), ("flow", 0.0)])
-def test_fused_coefficients_equal_the_solver_step(pred, eta):
-    sched = NoiseSchedule("flow", shift=3.0) if pred == "flow" else NoiseSchedule.scaled_linear()
-    lad = make_ladder(sched, 12)
-    g = torch.Generator().manual_seed(0)
-    x, out, z = (torch.randn(3, 12, 5, 5, generator=g, dtype=torch.float64) for _ in range(3))
-    view = lambda v: v.view(1, -1, 1, 1)  # noqa: E731
-    ref = solver_step(x, out, *(view(v) for v in (lad.alphas, lad.sigmas, lad.next_alphas, lad.next_sigmas)), pred, eta, z)
-    cx, cout, cn = fused_coefficients(lad, pred, eta)
-    got = view(cx) * x + view(cout) * out + (0 if cn is None else view(cn) * z)
-    assert (cn is None) == (eta == 0)
-    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
-
-
 # -- batched windows equal one window at a time ---------------------------------------------------
 
 
@@ -103,7 +84,8 @@ def test_batched_windows_equal_one_at_a_time_on_a_tiny_unet3d(unet, cls):
         assert calls[-1] == 4  # 2n windows in one forward call (CFG's two halves inside the backbone)
     finally:
         del unet.denoise
-    torch.testing.assert_close(every, one, rtol=0, atol=1e-5)
+    # random-weight latents reach ~40, where one float32 ulp is 4e-6: 1e-5 plus a relative 1e-6
+    torch.testing.assert_close(every, one, rtol=1e-6, atol=1e-5)
 
 
 # -- the pipelined stream ----------------------------------------------------------------------------
@@ -111,13 +93,10 @@ def test_batched_windows_equal_one_at_a_time_on_a_tiny_unet3d(unet, cls):
 
 @pytest.mark.parametrize(
     "options",
-    [
-        dict(decode_ahead=False, prefetch_noise=False, fused_solver=False),
-        dict(decode_ahead=True, prefetch_noise=True, fused_solver=False),
-    ],
+    [dict(decode_ahead=False, prefetch_noise=False), dict(decode_ahead=True, prefetch_noise=True)],
 )
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_pipelined_without_fused_solver_is_bit_identical(options, eta):
+def test_pipelined_is_bit_identical(options, eta):
     bb = toy()
     cfg = FIFOConfig(frames_per_window=8, partitions=2, eta=eta)
     ref = np.stack(list(fifo.generate(bb, PROMPT, 20, config=cfg, seed=4)))
@@ -125,19 +104,11 @@ def test_pipelined_without_fused_solver_is_bit_identical(options, eta):
     assert np.array_equal(got, ref)
 
 
-@pytest.mark.parametrize("pred, eta", [("epsilon", 0.0), ("epsilon", 1.0), ("v_prediction", 0.0), ("v_prediction", 1.0), ("flow", 0.0)])
-def test_fused_solver_follows_the_engine_within_1e_5(pred, eta):
+@pytest.mark.parametrize("pred, eta", [("epsilon", 0.0), ("epsilon", 1.0), ("v_prediction", 1.0), ("flow", 0.0)])
+def test_pipelined_latents_equal_the_engine(pred, eta):
     bb = gauss(prediction_type=pred, eta=eta)
     a, b = FIFOStream(bb, "p", seed=3), PipelinedFIFOStream(bb, "p", seed=3, decode_ahead=True, prefetch_noise=True)
-    torch.testing.assert_close(popped(b, 30), popped(a, 30), rtol=0, atol=1e-5)
-    torch.testing.assert_close(b.queue, a.queue, rtol=0, atol=1e-5)
-
-
-def test_fused_solver_on_the_toy_and_a_tiny_unet3d(unet):
-    for bb, prompt, cfg in ((toy(), PROMPT, FIFOConfig(frames_per_window=8, partitions=2)), (unet, "a cat", FIFOConfig(eta=1.0))):
-        a, b = FIFOStream(bb, prompt, cfg, seed=5), PipelinedFIFOStream(bb, prompt, cfg, seed=5)
-        # float32 rounding of a different (exact) formula: relative 1e-5 (random UNet outputs reach ~30)
-        torch.testing.assert_close(popped(b, 6), popped(a, 6), rtol=1e-5, atol=1e-5)
+    assert torch.equal(popped(b, 30), popped(a, 30)) and torch.equal(b.queue, a.queue)
 
 
 def test_pipelined_decode_ahead_gives_the_same_frames_and_resumes_exactly(tmp_path):

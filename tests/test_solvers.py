@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from fifo.schedule import NoiseSchedule, make_ladder
-from fifo.solvers import ddim_step, flow_euler_step, solver_step, to_x0_eps
+from fifo.solvers import ddim_step, flow_euler_step, solver_step, step_coefficients, to_x0_eps
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -70,3 +70,19 @@ def test_bad_arguments_are_refused():
         ddim_step(one, one, one * 0.5, one * 0.8, one * 0.6, one * 0.7, "epsilon", eta=1.0)
     with pytest.raises(ValueError, match="eta=0.5"):
         solver_step(one, one, one, one, one, one, "flow", eta=0.5)
+
+
+@pytest.mark.parametrize("pred, eta", [("epsilon", 0.0), ("epsilon", 0.7), ("v_prediction", 0.0), ("v_prediction", 1.0), ("flow", 0.0)])
+def test_step_coefficients_equal_the_solver_step(pred, eta):
+    """The engine's precomputed linear form x' = c_x x + c_out out + c_noise z is `solver_step`."""
+    sched = NoiseSchedule("flow", shift=3.0) if pred == "flow" else NoiseSchedule.scaled_linear()
+    lad = make_ladder(sched, 12)
+    g = torch.Generator().manual_seed(0)
+    x, out, z = (torch.randn(3, 12, 5, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    view = lambda v: v.view(1, -1, 1, 1)  # noqa: E731
+    coef = (lad.alphas, lad.sigmas, lad.next_alphas, lad.next_sigmas)
+    ref = solver_step(x, out, *(view(v) for v in coef), pred, eta, z)
+    cx, cout, cn = step_coefficients(*coef, pred, eta)
+    got = view(cx) * x + view(cout) * out + (0 if cn is None else view(cn) * z)
+    assert (cn is None) == (eta == 0)
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)

@@ -101,7 +101,8 @@ def test_objects_and_tensors_do_not_accumulate_over_a_run():
     for _ in range(300):
         next(it)
     objects2, tensors2 = census()
-    assert tensors2 == tensors and abs(objects2 - objects) < 50, (objects, objects2)
+    # growth only: objects left by earlier tests (servers, clients) may be freed meanwhile
+    assert tensors2 == tensors and objects2 - objects < 50, (objects, objects2)
 
 
 def run_script(*args: str) -> str:
