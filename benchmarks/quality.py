@@ -248,7 +248,6 @@ class Truth:
 
     def ghost(self, small: torch.Tensor, best: torch.Tensor) -> np.ndarray:
         """Strongest second sprite in the residual, in full sprites, at positions not overlapping the tracked one."""
-        n = len(small)
         delta = self.palette[self.world.colour] - BACKGROUND
         res = small - self.small[best].view_as(small)
         a = torch.einsum("c,nchw->nhw", delta, res) / float(delta @ delta)

@@ -303,12 +303,16 @@ def generate(
     width: int | None = None,
     state: FIFOState | None = None,
     callback: Callback | None = None,
+    *,
+    stream_class: type[FIFOStream] = FIFOStream,
+    **options: Any,
 ) -> Iterator[np.ndarray]:
     """Yield `num_frames` uint8 video frames (H, W, 3) of an unbounded FIFO-Diffusion video.
 
     `prompt` is a string or a prompt schedule; `state` continues an earlier run (its seed, size and
     queue layout apply; `seed=None` means 0, or the state's). Bad arguments raise ValueError
-    here, before any work starts.
+    here, before any work starts. `stream_class` and `options` pick another stream (see
+    `fifo.parallel`), e.g. `stream_class=PipelinedFIFOStream, decode_ahead=True`.
     """
-    stream = FIFOStream(backbone, prompt, config, seed, negative_prompt, height, width, state)
+    stream = stream_class(backbone, prompt, config, seed, negative_prompt, height, width, state, **options)
     return stream.frames(num_frames, callback)

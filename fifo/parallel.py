@@ -52,7 +52,7 @@ import torch.distributed as dist
 
 from .backbones.base import Backbone, video_frames_before
 from .config import FIFOConfig
-from .engine import Callback, FIFOState, FIFOStream
+from .engine import Callback, FIFOState, FIFOStream, generate
 from .prompts import PromptLike
 from .schedule import Window, window_batches
 
@@ -228,22 +228,9 @@ class PipelinedFIFOStream(FIFOStream):
         return super().state()
 
 
-def generate_fast(
-    backbone: Backbone,
-    prompt: PromptLike,
-    num_frames: int,
-    config: FIFOConfig | None = None,
-    seed: int | None = None,
-    negative_prompt: str = "",
-    height: int | None = None,
-    width: int | None = None,
-    state: FIFOState | None = None,
-    callback: Callback | None = None,
-    **options,
-) -> Iterator[np.ndarray]:
+def generate_fast(*args: Any, **kwargs: Any) -> Iterator[np.ndarray]:
     """`fifo.generate` on a `PipelinedFIFOStream` (options: decode_ahead, prefetch_noise)."""
-    stream = PipelinedFIFOStream(backbone, prompt, config, seed, negative_prompt, height, width, state, **options)
-    return stream.frames(num_frames, callback)
+    return generate(*args, stream_class=PipelinedFIFOStream, **kwargs)
 
 
 # -- several ranks -------------------------------------------------------------------------------
@@ -362,28 +349,13 @@ class DistributedFIFOStream(PipelinedFIFOStream):
         return bool(self._all_reduce_max(int(local)))
 
 
-def generate_distributed(
-    backbone: Backbone,
-    prompt: PromptLike,
-    num_frames: int,
-    config: FIFOConfig | None = None,
-    seed: int | None = None,
-    negative_prompt: str = "",
-    height: int | None = None,
-    width: int | None = None,
-    state: FIFOState | None = None,
-    callback: Callback | None = None,
-    *,
-    group: Any = None,
-    **options,
-) -> Iterator[np.ndarray]:
+def generate_distributed(*args: Any, group: Any = None, **kwargs: Any) -> Iterator[np.ndarray]:
     """`fifo.generate` with the windows of each step split over the ranks (call it on every rank).
 
     The decoding rank (0) receives the `num_frames` frames; every other rank receives none but must
     iterate the generator to its end, stepping in lockstep. One process if no group is initialised.
     """
-    stream = DistributedFIFOStream(backbone, prompt, config, seed, negative_prompt, height, width, state, group=group, **options)
-    return stream.frames(num_frames, callback)
+    return generate(*args, stream_class=DistributedFIFOStream, group=group, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def test_prompt_schedule_sweeps_through_the_queue():
     stream = FIFOStream(bb, {0: "A", 6: "B"})
     list(stream.frames(10))
     assert encoded == ["A", "B"]
-    L, f = 8, 4
+    L = 8  # f = 4, n = 2
     steps = seen[L:]  # after the warm start (conditioned on "A")
     # step k, window r covers main slots [4r, 4r+4) holding latent frames k+4r..; video frame = latent - (L - f);
     # middle frame k + 4r + 2 - 4 >= 6  <=>  k + 4r >= 8
