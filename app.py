@@ -788,25 +788,7 @@ def build() -> gr.Blocks:
         demo.load(
             on_load,
             None,
-            [
-                prompt,
-                negative,
-                backbone,
-                length,
-                length_unit,
-                seed,
-                random_seed,
-                partitions,
-                lookahead,
-                eta,
-                guidance,
-                fps,
-                height,
-                width,
-                schedule,
-                link_note,
-                defaults_md,
-            ],
+            [*gen_inputs, link_note, defaults_md],  # a share link sets every input of /generate
             api_visibility="private",
         ).then(estimate, est_inputs, estimate_md, api_visibility="private", queue=False).then(
             compare_estimate, c_est_inputs, c_estimate, api_visibility="private", queue=False
