@@ -8,6 +8,7 @@ keyed by (seed, frame, step), so the frames do not depend on how the windows are
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -247,21 +248,51 @@ class FIFOStream:
 
     def _frames(self, num_frames: int, callback: Callback | None) -> Iterator[np.ndarray]:
         left = num_frames
-        with torch.inference_mode():
+        callback = self._agree_on_callback(callback)
+        with self._running(), torch.inference_mode():
             while left > 0:
                 if len(self._pending):
                     take, self._pending = self._pending[:left], self._pending[left:]
                     for frame in take:
                         self.frames_emitted += 1
                         left -= 1
-                        yield frame
+                        if self.decodes:
+                            yield frame
+                    continue
+                if self._collect_ready(left):
                     continue
                 popped_index = self.step_index
                 latent = self.step()
                 if popped_index >= self.config.warmup_frames:
-                    self._pending = self._decoder.decode(latent[:, None])
-                if callback is not None and callback(self._info(num_frames - left)):
-                    left = min(left, len(self._pending))  # stop: hand out what this step decoded
+                    self._decode_popped(latent, popped_index - self.config.warmup_frames)
+                if self._stop_requested(callback, num_frames - left):
+                    self._drain()
+                    left = min(left, len(self._pending))  # stop: hand out what was stepped
+
+    # Hooks of the frames loop: `parallel.PipelinedFIFOStream` decodes in a worker thread,
+    # `parallel.DistributedFIFOStream` agrees on stopping across ranks and decodes on one rank.
+    decodes = True  # False on ranks that only step
+
+    def _decode_popped(self, latent: torch.Tensor, video_latent: int) -> None:
+        """Decode the popped latent (the video's `video_latent`-th) into the pending frames."""
+        self._pending = self._decoder.decode(latent[:, None])
+
+    def _collect_ready(self, left: int) -> bool:
+        """Move frames decoded elsewhere into the pending ones; True if any were."""
+        return False
+
+    def _drain(self) -> None:
+        """Wait for every decode in flight."""
+
+    def _running(self) -> contextlib.AbstractContextManager:
+        """What a `frames()` call holds open (worker threads) until it ends or is closed."""
+        return contextlib.nullcontext()
+
+    def _agree_on_callback(self, callback: Callback | None) -> Callback | None:
+        return callback
+
+    def _stop_requested(self, callback: Callback | None, done: int) -> bool:
+        return callback is not None and bool(callback(self._info(done)))
 
     def _info(self, done: int) -> dict[str, Any]:
         return {

@@ -51,9 +51,7 @@ import torch
 import torch.distributed as dist
 
 from .backbones.base import Backbone, video_frames_before
-from .config import FIFOConfig
 from .engine import Callback, FIFOState, FIFOStream, generate
-from .prompts import PromptLike
 from .schedule import Window, window_batches
 
 __all__ = [
@@ -97,25 +95,11 @@ class PipelinedFIFOStream(FIFOStream):
                      for CUDA, and for eta > 0 (L draws per step, 1-5 ms of CPU work)
     """
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        prompt: PromptLike,
-        config: FIFOConfig | None = None,
-        seed: int | None = None,
-        negative_prompt: str = "",
-        height: int | None = None,
-        width: int | None = None,
-        state: FIFOState | None = None,
-        *,
-        decode_ahead: bool | None = None,
-        prefetch_noise: bool | None = None,
-    ) -> None:
-        super().__init__(backbone, prompt, config, seed, negative_prompt, height, width, state)
-        cuda = torch.device(backbone.device).type == "cuda"
+    def __init__(self, *args: Any, decode_ahead: bool | None = None, prefetch_noise: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cuda = torch.device(self.backbone.device).type == "cuda"
         self.decode_ahead = cuda if decode_ahead is None else bool(decode_ahead)
         self.prefetch_noise = (cuda or self.config.eta != 0) if prefetch_noise is None else bool(prefetch_noise)
-        self.decodes = True  # False on ranks that only step (DistributedFIFOStream)
         self._inflight: deque[tuple[Future, int]] = deque()  # decodes submitted, not yet collected
         self._inflight_frames = 0
         self._decode_pool: ThreadPoolExecutor | None = None
@@ -138,7 +122,7 @@ class PipelinedFIFOStream(FIFOStream):
         with torch.inference_mode():
             return self._decoder.decode(latent[:, None])
 
-    def _submit_decode(self, latent: torch.Tensor, j: int) -> None:
+    def _decode_popped(self, latent: torch.Tensor, j: int) -> None:
         n = _frames_of_latent(j, self.backbone.temporal_compression)
         if not self.decodes:  # a zero-byte placeholder that only counts the frames
             fut = _done(np.empty((n, 0, 0, 3), np.uint8))
@@ -179,38 +163,18 @@ class PipelinedFIFOStream(FIFOStream):
         self._decode_pool = self._noise_pool = None
         self._noise_next = None
 
-    def _stop_requested(self, callback: Callback | None, done: int) -> bool:
-        return callback is not None and bool(callback(self._info(done)))
+    def _collect_ready(self, left: int) -> bool:
+        # wait for a decode only when it is done, or when the frames in flight are all we need
+        if self._inflight and (self._inflight_frames >= left or self._inflight[0][0].done()):
+            self._collect_one()
+            return True
+        return False
 
-    def _agree_on_callback(self, callback: Callback | None) -> Callback | None:
-        return callback
-
-    def _frames(self, num_frames: int, callback: Callback | None) -> Iterator[np.ndarray]:
-        left = num_frames
-        callback = self._agree_on_callback(callback)
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
         self._open_pools(self.backbone.device)
         try:
-            with torch.inference_mode():
-                while left > 0:
-                    if len(self._pending):
-                        take, self._pending = self._pending[:left], self._pending[left:]
-                        for frame in take:
-                            self.frames_emitted += 1
-                            left -= 1
-                            if self.decodes:
-                                yield frame
-                        continue
-                    # wait for a decode only when it is done, or when the frames in flight are all we need
-                    if self._inflight and (self._inflight_frames >= left or self._inflight[0][0].done()):
-                        self._collect_one()
-                        continue
-                    popped_index = self.step_index
-                    latent = self.step()
-                    if popped_index >= self.config.warmup_frames:
-                        self._submit_decode(latent, popped_index - self.config.warmup_frames)
-                    if self._stop_requested(callback, num_frames - left):
-                        self._drain()
-                        left = min(left, len(self._pending))  # stop: hand out what was stepped
+            yield
         finally:
             self._drain_quietly()
             self._close_pools()
@@ -262,23 +226,8 @@ class DistributedFIFOStream(PipelinedFIFOStream):
     (waiting for the slowest rank included), how many steps, bytes sent per rank.
     """
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        prompt: PromptLike,
-        config: FIFOConfig | None = None,
-        seed: int | None = None,
-        negative_prompt: str = "",
-        height: int | None = None,
-        width: int | None = None,
-        state: FIFOState | None = None,
-        *,
-        group: Any = None,
-        decode_rank: int = 0,
-        time_comm: bool | None = None,
-        **options,
-    ) -> None:
-        super().__init__(backbone, prompt, config, seed, negative_prompt, height, width, state, **options)
+    def __init__(self, *args: Any, group: Any = None, decode_rank: int = 0, time_comm: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.group = group
         on = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank(group) if on else 0
