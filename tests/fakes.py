@@ -77,3 +77,32 @@ class GaussianBackbone(Backbone):
 
     def decoder(self):
         return LatentDecoder(self.sink)
+
+
+class CountingDecoder(Decoder):
+    """Like a 4x causal video VAE: the first latent gives 1 frame, later ones 4; frame k holds k at [0, 0, 0]."""
+
+    def __init__(self, size: int = 8):
+        self.count, self.size = 0, size
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        n = 1 if self.count == 0 else 4
+        out = np.zeros((n, self.size, self.size, 3), np.uint8)
+        out[:, 0, 0, 0] = np.arange(self.count, self.count + n)
+        self.count += n
+        return out
+
+    def state_dict(self) -> dict:
+        return {"count": torch.tensor(self.count)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = int(state["count"])
+
+
+class CausalGauss(GaussianBackbone):
+    """The Gaussian backbone with a 4x causal decoder's frame counts."""
+
+    temporal_compression = 4
+
+    def decoder(self):
+        return CountingDecoder(self.mu.shape[-1])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import GaussianBackbone, LatentDecoder
+from fakes import CausalGauss, GaussianBackbone
 from fifo import FIFOConfig, FIFOState, FIFOStream, generate, latents_for_frames
 from fifo.backbones.base import video_frames_before
 
@@ -122,33 +122,6 @@ def test_prompt_schedule_sweeps_through_the_queue():
     # middle frame k + 4r + 2 - 4 >= 6  <=>  k + 4r >= 8
     for k, conds in enumerate(steps):
         assert conds == ["B" if k + 4 * r >= 8 else "A" for r in range(2)], k
-
-
-class CausalDecoder(LatentDecoder):
-    """Like a 4x causal video VAE: the first latent gives 1 frame, later ones 4; a running counter."""
-
-    def __init__(self):
-        super().__init__(None)
-        self.count = 0
-
-    def decode(self, latents):
-        n = 1 if self.count == 0 else 4
-        self.count += n
-        base = super().decode(latents)[0]
-        return np.stack([np.full_like(base, (self.count - n + i) % 256) for i in range(n)])
-
-    def state_dict(self):
-        return {"count": torch.tensor(self.count)}
-
-    def load_state_dict(self, state):
-        self.count = int(state["count"])
-
-
-class CausalGauss(GaussianBackbone):
-    temporal_compression = 4
-
-    def decoder(self):
-        return CausalDecoder()
 
 
 def test_temporal_vae_frames_count_and_resume_carries_surplus():

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import GaussianBackbone
+from fakes import CausalGauss, GaussianBackbone
 import fifo
 from fifo import FIFOConfig, FIFOState, FIFOStream
-from fifo.backbones.base import Decoder
 from fifo.parallel import (
     DistributedFIFOStream,
     PipelinedFIFOStream,
@@ -124,33 +123,6 @@ def test_pipelined_decode_ahead_gives_the_same_frames_and_resumes_exactly(tmp_pa
     # the plain engine continues the pipelined stream's state too
     rest2 = list(fifo.generate(gauss(eta=0.0), "p", 16, state=FIFOState.load(tmp_path / "s.pt")))
     assert np.array_equal(np.stack(rest2), ref[9:])
-
-
-class CountingDecoder(Decoder):
-    """A causal-VAE-like decoder: the first latent gives 1 frame, every later one 4; frames numbered."""
-
-    def __init__(self):
-        self.count = 0
-
-    def decode(self, latents):
-        n = 1 if self.count == 0 else 4
-        out = np.zeros((n, 8, 8, 3), np.uint8)
-        out[:, 0, 0, 0] = np.arange(self.count, self.count + n)
-        self.count += n
-        return out
-
-    def state_dict(self):
-        return {"count": torch.tensor(self.count)}
-
-    def load_state_dict(self, state):
-        self.count = int(state["count"])
-
-
-class CausalGauss(GaussianBackbone):
-    temporal_compression = 4
-
-    def decoder(self):
-        return CountingDecoder()
 
 
 def test_pipelined_temporal_vae_counts_callback_stop_and_state_inside_callback():
