@@ -30,6 +30,7 @@ os.environ.setdefault("GRADIO_EXAMPLES_CACHE", os.path.join(tempfile.gettempdir(
 import gradio as gr
 
 from fifo import BACKBONES
+from fifo.cpu import keep_freed_memory
 from fifo_app import jobs, queueviz, zerogpu
 from fifo_app.estimate import format_seconds
 from fifo_app.examples import load_examples, usable
@@ -807,6 +808,7 @@ def launch(**kwargs: Any) -> Any:
     kwargs.setdefault("css", CSS)
     kwargs.setdefault("max_file_size", "512mb")
     kwargs.setdefault("footer_links", ["api", "gradio"])
+    keep_freed_memory()  # the toy (and any model without a GPU) steps on this process's CPU: fifo/cpu.py
     return demo.launch(**kwargs)
 
 

@@ -14,6 +14,8 @@ built and the prompt encoded. Tables:
             time against N, and the plot docs/memory_time.png
   cli       `python -m fifo "a red ball moving right" --backbone toy --frames N -o out.mp4` at 100
             and 1,000 frames: peak RSS of the whole process tree (the CLI and its ffmpeg), sampled
+
+Every measured process sets glibc's allocator as the command line does (`fifo.cpu.keep_freed_memory`).
 """
 
 from __future__ import annotations
@@ -263,6 +265,9 @@ def main(argv=None) -> int:
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
+        from fifo.cpu import keep_freed_memory
+
+        keep_freed_memory()  # the allocator the command line and the app use (fifo/cpu.py)
         kind, *rest = args.child
         if kind == "fifo":
             res = child_fifo(rest[0], [int(x) for x in rest[1].split(",")], int(rest[2]))

@@ -13,7 +13,12 @@ times across runs (on a shared 2-core machine they swing 30-50%):
   calls     forward calls and windows per emitted frame, encode_prompt calls per run (counted)
   ranks     2 ranks (gloo, CPU) vs 1 process: time per step, communication per step, same frames
   fullclip  FIFO vs diffusers-style full-clip sampling (all N frames at one timestep), time vs N
+  overhead  where a steady-state step's time goes besides the forward call (FIFOStream, timed parts)
+  cpualloc  glibc's default allocator vs fifo.cpu.keep_freed_memory (separate processes: it is global)
   cpuopts   the GPU options as far as a CPU can show them (channels-last, SDPA, torch.compile)
+
+Like the command line, this script calls `fifo.cpu.keep_freed_memory()` first (not in `cpualloc`'s
+default-allocator processes), so every other table is measured with the allocator users get.
 
 The toy runs at its defaults (128x128, f=16, n=4, lookahead); the tiny UNet3D is a random-weight
 UNet3DConditionModel (channels 16/32, latent 8x8, f=8, n=2, lookahead, CFG 9) through the real
@@ -40,11 +45,12 @@ import torch  # noqa: E402
 import fifo  # noqa: E402
 from benchmarks.common import Counters, full_clip_sample, load_note, machine, set_threads, table, tiny_unet3d  # noqa: E402
 from fifo import FIFOConfig, FIFOStream  # noqa: E402
+from fifo.cpu import keep_freed_memory  # noqa: E402
 from fifo.parallel import PipelinedFIFOStream, spawn  # noqa: E402
 
 TOY_PROMPT = "a red ball moving right"
 UNET_PROMPT = "a cat walking on the grass"
-SECTIONS = ("share", "batch", "calls", "ranks", "fullclip", "cpuopts")
+SECTIONS = ("share", "overhead", "batch", "calls", "ranks", "fullclip", "cpualloc", "cpuopts")
 
 
 SMOKE = False  # --smoke: the smallest sizes, for the test that keeps this script working
@@ -114,6 +120,71 @@ def section_share(args) -> str:
     return "### Share of wall time inside the model's forward calls (steady state)\n\n" + table(
         ["backbone", "stream", "steps x rounds", "ms / step", "overhead ms / step", "share in forward"], rows
     )
+
+
+class _PartTimer:
+    """Sums the wall time of methods of some objects, by part name (instance attributes, undone by `restore`)."""
+
+    def __init__(self, parts: dict[str, tuple[object, str]]) -> None:
+        self.seconds = dict.fromkeys(parts, 0.0)
+        self._undo = []
+        for part, (obj, name) in parts.items():
+            fn = getattr(obj, name)
+
+            def timed(*a, _fn=fn, _part=part, **k):
+                t = time.perf_counter()
+                try:
+                    return _fn(*a, **k)
+                finally:
+                    self.seconds[_part] += time.perf_counter() - t
+
+            setattr(obj, name, timed)
+            self._undo.append((obj, name))
+
+    def restore(self) -> None:
+        for obj, name in self._undo:
+            obj.__dict__.pop(name, None)
+
+
+def section_overhead(args) -> str:
+    rows = []
+    for name in ("toy", "unet3d"):
+        bb, prompt = make(name)
+        steps, rounds = sizes((100, 5) if name == "toy" else (6, 3), args)
+        stream = FIFOStream(bb, prompt)
+        it = stream.frames(10**9)
+        next(it)
+        parts = {"forward": (bb, "denoise"), "outputs": (stream, "_main_outputs"), "noise": (stream, "_step_noise"),
+                 "step": (stream, "step"), "decode": (stream._decoder, "decode")}  # fmt: skip
+        timer = _PartTimer(parts)
+        per_round = []
+        try:
+            for _ in range(rounds):
+                timer.seconds = dict.fromkeys(parts, 0.0)
+                t = time.perf_counter()
+                for _ in range(steps):
+                    next(it)
+                wall = time.perf_counter() - t
+                p = timer.seconds
+                per_round.append({
+                    "forward call": p["forward"],
+                    "gather windows, slice outputs": p["outputs"] - p["forward"],
+                    "keyed noise": p["noise"],
+                    "queue update (solver, shift, pop)": p["step"] - p["outputs"] - p["noise"],
+                    "decode": p["decode"],
+                    "frames loop": wall - p["step"] - p["decode"],
+                    "wall": wall,
+                })  # fmt: skip
+        finally:
+            timer.restore()
+            it.close()
+        for part in per_round[0]:
+            ms = med(r[part] / steps for r in per_round) * 1e3
+            share = med(r[part] / r["wall"] for r in per_round)
+            rows.append([name, part, f"{ms:.3f}", f"{share:.3f}"])
+    return "### Where a steady-state step goes (FIFOStream, median of rounds)\n\n" + table(
+        ["backbone", "part", "ms / step", "share of wall"], rows
+    ) + "\n\n(\"decode\" is the model's decoder, run on every popped latent; \"frames loop\" is the generator around the step)"
 
 
 def section_batch(args) -> str:
@@ -260,6 +331,56 @@ def section_fullclip(args) -> str:
     )
 
 
+_ALLOC_CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[3])
+import torch
+torch.set_num_threads(1)
+from benchmarks import speed
+from fifo.cpu import keep_freed_memory
+speed.SMOKE = sys.argv[4] == "1"
+if sys.argv[1] == "tuned":
+    keep_freed_memory()
+bb, prompt = speed.make(sys.argv[2])
+it = speed.FIFOStream(bb, prompt).frames(10**9)
+next(it)
+steps = int(sys.argv[5])
+for _ in range(max(steps // 4, 1)):
+    next(it)
+f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+for _ in range(steps):
+    next(it)
+wall = time.perf_counter() - t
+print(json.dumps({"ms": wall / steps * 1e3, "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps}))
+"""
+
+
+def section_cpualloc(args) -> str:
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[1])
+    rows = []
+    for name in ("toy", "unet3d"):
+        steps, reps = sizes((150, 3) if name == "toy" else (8, 3), args)
+        res = {"default": [], "tuned": []}
+        for _ in range(reps):  # alternating processes: load swings hit both alike
+            for mode in res:
+                out = subprocess.run(
+                    [sys.executable, "-c", _ALLOC_CHILD, mode, name, root, "1" if args.smoke else "0", str(steps)],
+                    capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                )  # fmt: skip
+                res[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        ratios = [d["ms"] / t["ms"] for d, t in zip(res["default"], res["tuned"])]
+        for mode, r in res.items():
+            rows.append([name, "glibc defaults" if mode == "default" else "keep_freed_memory()", f"{med(x['ms'] for x in r):.2f}",
+                         f"{med(x['faults'] for x in r):.0f}", "1.00x" if mode == "default" else f"{med(ratios):.2f}x"])  # fmt: skip
+    return (
+        "### CPU allocator: glibc defaults vs `fifo.cpu.keep_freed_memory()` (FIFOStream, one process each, "
+        f"median of {reps})\n\n"
+        + table(["backbone", "allocator", "ms / step", "page faults / step", "speed vs defaults (paired runs)"], rows)
+    )
+
+
 def section_cpuopts(args) -> str:
     from diffusers.models.attention_processor import AttnProcessor
 
@@ -320,6 +441,7 @@ def main(argv=None) -> int:
     global SMOKE
     SMOKE = args.smoke
     set_threads(args.threads)
+    keep_freed_memory()
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in only if s not in SECTIONS]
     if bad:

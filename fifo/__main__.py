@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from . import FIFOConfig, FIFOState, load_backbone
+    from .cpu import keep_freed_memory
     from .video import VideoWriter
 
     if args.list_backbones:
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         dtype = getattr(torch, args.dtype) if args.dtype else None
         with _run_context(args.device) as dist:
             backbone = load_backbone(args.backbone, device=dist.device, dtype=dtype)
+            if backbone.device.type == "cpu":
+                keep_freed_memory()  # ~25% faster steps on a CPU (fifo/cpu.py)
             stream = dist.stream_class(backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state)
             cfg = stream.config
             num_frames = args.frames if args.frames is not None else 10 * cfg.fps

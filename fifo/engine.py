@@ -104,6 +104,7 @@ class FIFOStream:
         # (1, L, 1, 1) per main slot: x' = c_x x + c_out out (+ c_noise z)
         self._coef = tuple(None if v is None else v.float().to(dev).view(1, -1, 1, 1) for v in self._coef64)
         self._conds: dict[str, Any] = {}
+        self._batch_t: dict[tuple[Window, ...], torch.Tensor] = {}
         self._decoder = backbone.decoder()
         self.queue: torch.Tensor | None = None  # (C, h + L, lh, lw) float32, on the backbone's device
         self.step_index = 0
@@ -152,24 +153,29 @@ class FIFOStream:
         out = bb.denoise(latents.to(bb.dtype), timesteps, conds, float(self.config.guidance_scale))
         return out.float()
 
+    def _batch_inputs(self, batch: list[Window], k: int) -> tuple[torch.Tensor, Any]:
+        """A batch's model timesteps (B, f), fixed per stream, and its conditioning at step k."""
+        key = tuple(batch)
+        if key not in self._batch_t:
+            self._batch_t[key] = torch.stack([self._slot_t[w.start : w.stop] for w in batch])
+        if len(self.schedule.entries) == 1:  # one prompt: one cond for the whole batch
+            return self._batch_t[key], self._cond(self.schedule.entries[0][1])
+        conds = [self._cond(self._prompt_of_latent(k + (w.start + w.stop) // 2 - self.h)) for w in batch]
+        return self._batch_t[key], conds
+
     def _window_outputs(self, queue: torch.Tensor, batches: list[list[Window]]) -> list[tuple[Window, torch.Tensor]]:
-        """Model outputs of the written slots of each window, (C, span, lh, lw) each."""
-        k, h = self.step_index, self.h
+        """Model outputs of the written slots of each window, (C, span, lh, lw) views, one forward call per batch."""
         results = []
         for batch in batches:
             lat = torch.stack([queue[:, w.start : w.stop] for w in batch])  # (B, C, f, lh, lw)
-            ts = torch.stack([self._slot_t[w.start : w.stop] for w in batch])  # (B, f)
-            conds = [self._cond(self._prompt_of_latent(k + (w.start + w.stop) // 2 - h)) for w in batch]
-            out = self._denoise(lat, ts, conds)
+            out = self._denoise(lat, *self._batch_inputs(batch, self.step_index))
             results += [(w, out[b, :, w.write_from - w.start :]) for b, w in enumerate(batch)]
         return results
 
-    def _main_outputs(self, queue: torch.Tensor) -> torch.Tensor:
-        """Model output for every main slot, (C, L, lh, lw); windows read the queue as before the step."""
-        out = torch.empty_like(queue[:, self.h :])
-        for w, o in self._window_outputs(queue, self._batches):
-            out[:, w.write_from - self.h : w.stop - self.h] = o
-        return out
+    def _main_outputs(self, queue: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+        """Model output for main slots `[lo, hi)` as pieces `(lo, hi, (C, hi - lo, lh, lw))` that tile the
+        main queue; windows read the queue as it was before the step."""
+        return [(w.write_from - self.h, w.stop - self.h, o) for w, o in self._window_outputs(queue, self._batches)]
 
     # -- warm start, step -----------------------------------------------------------------------
 
@@ -216,7 +222,7 @@ class FIFOStream:
         k, h, L = self.step_index, self.h, self.L
         queue = self.queue
         eta_noise, tail = self._step_noise(k)
-        out = self._main_outputs(queue)
+        pieces = self._main_outputs(queue)
         # The next queue, written in place of a torch.cat: [context h-1 | main L | tail] with
         # lookahead (the popped head becomes the newest context frame), [head | main L-1 | tail] without.
         C, _, lh, lw = queue.shape
@@ -225,7 +231,8 @@ class FIFOStream:
         main = nxt[:, keep : keep + L]
         cx, cout, cn = self._coef
         torch.mul(queue[:, h:], cx, out=main)
-        main.addcmul_(out, cout)
+        for lo, hi, out in pieces:  # straight from the model's output: no (C, L, lh, lw) copy of it
+            main[:, lo:hi].addcmul_(out, cout[:, lo:hi])
         if eta_noise is not None:
             main.addcmul_(eta_noise, cn)
         nxt[:, :keep] = queue[:, 1:h]

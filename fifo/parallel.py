@@ -253,7 +253,7 @@ class DistributedFIFOStream(PipelinedFIFOStream):
         """True on the rank that decodes and yields frames."""
         return self.decodes
 
-    def _main_outputs(self, queue: torch.Tensor) -> torch.Tensor:
+    def _main_outputs(self, queue: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
         if self.world_size == 1:
             return super()._main_outputs(queue)
         h = self.h
@@ -273,11 +273,7 @@ class DistributedFIFOStream(PipelinedFIFOStream):
         self.comm_seconds += time.perf_counter() - t
         self.comm_steps += 1
         self.comm_bytes += send.numel() * send.element_size()
-        out = torch.empty((C, self.L, lh, lw), dtype=torch.float32, device=queue.device)
-        for (a, b), r in zip(self._slabs, recv):
-            if b > a:
-                out[:, a:b] = r[: b - a].to(queue.device).transpose(0, 1)
-        return out
+        return [(a, b, r[: b - a].to(queue.device).transpose(0, 1)) for (a, b), r in zip(self._slabs, recv) if b > a]
 
     def _all_reduce_max(self, value: int) -> int:
         if self.world_size == 1:

@@ -27,7 +27,7 @@ Classifier-free guidance and negative prompts do nothing in this world (there is
 unconditional model to contrast with).
 
 Latent space: 3 RGB-like channels in [-1, 1], 4x smaller than the video per side; the decoder
-clamps, upsamples bilinearly and quantises; it has no state.
+clamps, upsamples bilinearly and quantises; it has no state. The palette sits on whole 8-bit levels.
 """
 
 from __future__ import annotations
@@ -48,20 +48,25 @@ from .base import Backbone, Decoder
 from .registry import BACKBONES
 
 SPRITE = 8  # sprite side, latent px
-BACKGROUND = -0.8  # every channel
 MIN_SIZE, MAX_SIZE, COMPRESSION = 64, 512, 4  # pixel sides allowed; pixels per latent px
 
-COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.9, -0.7, -0.7),
-    "green": (-0.7, 0.8, -0.7),
-    "blue": (-0.6, -0.4, 0.9),
-    "yellow": (0.9, 0.8, -0.7),
-    "white": (0.9, 0.9, 0.9),
-    "cyan": (-0.7, 0.8, 0.9),
-    "magenta": (0.9, -0.7, 0.9),
-    "orange": (0.9, 0.2, -0.8),
-    "purple": (0.3, -0.6, 0.8),
+# The palette in 8-bit levels; a latent value is level / 127.5 - 1. Whole levels keep every flat
+# area off the decoder's rounding boundaries (x.5), so a one-ulp difference between two equally
+# good computations of a clean frame never flips a pixel.
+BACKGROUND_LEVEL = 26  # every channel
+RGB: dict[str, tuple[int, int, int]] = {
+    "red": (242, 38, 38),
+    "green": (38, 230, 38),
+    "blue": (51, 77, 242),
+    "yellow": (242, 230, 38),
+    "white": (242, 242, 242),
+    "cyan": (38, 230, 242),
+    "magenta": (242, 38, 242),
+    "orange": (242, 153, 26),
+    "purple": (166, 51, 230),
 }
+BACKGROUND = BACKGROUND_LEVEL / 127.5 - 1  # -0.796...
+COLOURS: dict[str, tuple[float, float, float]] = {k: tuple(v / 127.5 - 1 for v in rgb) for k, rgb in RGB.items()}  # type: ignore[misc]
 SHAPES = {"ball": "ball", "circle": "ball", "disc": "ball", "disk": "ball", "dot": "ball",
           "square": "square", "block": "square", "box": "square", "cube": "square"}  # fmt: skip
 SPEEDS = {"slow": "slow", "slowly": "slow", "normal": "normal", "medium": "normal",
@@ -225,13 +230,29 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+@functools.lru_cache(maxsize=16)
+def _upsample_matrix(n: int, device: torch.device) -> torch.Tensor:
+    """(4n, n) float32: bilinear 4x upsampling along one axis, as F.interpolate(align_corners=False) does it."""
+    src = ((torch.arange(COMPRESSION * n, dtype=torch.float64) + 0.5) / COMPRESSION - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=n - 1)
+    i1 = (i0 + 1).clamp(max=n - 1)
+    frac = src - i0
+    m = torch.zeros(COMPRESSION * n, n, dtype=torch.float64)
+    rows = torch.arange(COMPRESSION * n)
+    m.index_put_((rows, i0), 1 - frac, accumulate=True)
+    m.index_put_((rows, i1), frac, accumulate=True)
+    return m.float().to(device)
+
+
 class ToyDecoder(Decoder):
     """Latent (3, F, h, w) -> clamp to [-1, 1] -> bilinear 4x upsample -> uint8 (F, 4h, 4w, 3); stateless."""
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Decode latents (3, F, h, w) into uint8 frames (F, 4h, 4w, 3)."""
-        x = latents.detach().float().clamp(-1, 1).transpose(0, 1)  # (F, C, h, w)
-        return _to_uint8(F.interpolate(x, scale_factor=COMPRESSION, mode="bilinear", align_corners=False))
+        x = latents.detach().float().clamp(-1, 1).add_(1).mul_(127.5).transpose(0, 1)  # (F, C, h, w) in 8-bit levels
+        # the bilinear upsampling is separable: two small matmuls, ~3x faster on a CPU than F.interpolate
+        up = _upsample_matrix(x.shape[-2], x.device) @ x @ _upsample_matrix(x.shape[-1], x.device).T  # (F, C, 4h, 4w)
+        return up.permute(0, 2, 3, 1).round().to(torch.uint8).cpu().numpy()
 
 
 # -- the backbone ------------------------------------------------------------------------------
