@@ -427,7 +427,7 @@ def section_cpuopts(args) -> str:
     return (
         f"### GPU options as a CPU sees them: one step's forward call ({nwin} windows, CFG), tiny UNet3D, fp32, CPU\n\n"
         + table(["setting", "ms / call", "speed vs classic", "max |diff| vs default"], rows)
-        + "\n\n(GPU effects are not measured here: see BENCH_NOTES.md for what each option buys on a GPU, with sources)"
+        + "\n\n(GPU effects are not measured here: the README's \"GPU options\" table gives what each buys on a GPU, with sources)"
     )
 
 

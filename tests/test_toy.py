@@ -245,6 +245,14 @@ def test_decoder_is_bilinear_interpolation(lh, lw):
     assert (got == np.round(ref)).mean() > 0.9999  # the rest: float32 ties at x.5
 
 
+@pytest.mark.parametrize("colour", list(RGB))
+def test_square_edges_miss_the_rounding_boundaries(colour):
+    """A square's decoded pixels, edges and corners included, lie at least 0.01 level from any x.5."""
+    clip = render_clip(ToyWorld("square", colour), torch.tensor([[3, 5]]), 16, 16)  # float64
+    up = F.interpolate(((clip + 1) * 127.5).transpose(0, 1), scale_factor=4, mode="bilinear", align_corners=False)
+    assert ((up - up.floor() - 0.5).abs() > 0.01).all()
+
+
 def test_palette_survives_one_ulp():
     """Every palette value decodes to its level even one float32 ulp off, so exact-mode runs reproduce true frames."""
     for level in [BACKGROUND_LEVEL, *(v for rgb in RGB.values() for v in rgb)]:

@@ -51,19 +51,21 @@ SPRITE = 8  # sprite side, latent px
 MIN_SIZE, MAX_SIZE, COMPRESSION = 64, 512, 4  # pixel sides allowed; pixels per latent px
 
 # The palette in 8-bit levels; a latent value is level / 127.5 - 1. Whole levels keep every flat
-# area off the decoder's rounding boundaries (x.5), so a one-ulp difference between two equally
-# good computations of a clean frame never flips a pixel.
+# area off the decoder's rounding boundaries (x.5), and so do a square's edges: upsampling blends
+# background and colour with weights k/8 (k odd) and corners with m/64 (m odd), so no channel's
+# colour - background is 4 mod 8 or 32 mod 64. A one-ulp difference between two equally good
+# computations of a clean frame then flips no pixel (the disc's anti-aliased rim still can, rarely).
 BACKGROUND_LEVEL = 26  # every channel
 RGB: dict[str, tuple[int, int, int]] = {
-    "red": (242, 38, 38),
-    "green": (38, 230, 38),
+    "red": (242, 39, 39),
+    "green": (39, 229, 39),
     "blue": (51, 77, 242),
-    "yellow": (242, 230, 38),
+    "yellow": (242, 229, 39),
     "white": (242, 242, 242),
-    "cyan": (38, 230, 242),
-    "magenta": (242, 38, 242),
+    "cyan": (39, 229, 242),
+    "magenta": (242, 39, 242),
     "orange": (242, 153, 26),
-    "purple": (166, 51, 230),
+    "purple": (165, 51, 229),
 }
 BACKGROUND = BACKGROUND_LEVEL / 127.5 - 1  # -0.796...
 COLOURS: dict[str, tuple[float, float, float]] = {k: tuple(v / 127.5 - 1 for v in rgb) for k, rgb in RGB.items()}  # type: ignore[misc]
