@@ -572,8 +572,9 @@ def build() -> gr.Blocks:
                             extend_btn = gr.Button("Extend", scale=2, elem_id="extend")
                         with gr.Accordion("Continue a saved queue state", open=False):
                             gr.Markdown(
-                                "Upload a state file saved after a run (here or by `python -m fifo --save-state`), type the "
-                                "prompt to go on with, and press Continue: the new video starts where that one ended."
+                                "Upload a state file saved after a run (here or by `python -m fifo --save-state`) and press "
+                                "Continue: the new video starts where that one ended, with the prompt the state records, or "
+                                "with the prompt typed above from its first new frame on."
                             )
                             state_upload = gr.File(label="Saved state (.pt)", file_types=[".pt"], type="filepath")
                             continue_btn = gr.Button("Continue")

@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as e:
                 raise ValueError(f"--prompt-file {args.prompt_file}: {e.strerror}") from None
         elif args.prompt is None:
-            raise ValueError("no prompt: give one, e.g. python -m fifo \"a red ball moving right\"")
+            recorded = FIFOState.load(args.resume).meta.get("prompt") if args.resume else None
+            if recorded is None:
+                raise ValueError("no prompt: give one, e.g. python -m fifo \"a red ball moving right\"")
+            prompt = recorded  # --resume without a prompt: the state's own schedule goes on
         else:
             prompt = args.prompt
         config = FIFOConfig(

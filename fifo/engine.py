@@ -42,6 +42,7 @@ class FIFOState:
     width: int
     decoder_state: dict = field(default_factory=dict)
     pending: torch.Tensor | None = None  # (N, H, W, 3) uint8: decoded but not yet yielded
+    meta: dict = field(default_factory=dict)  # what made it: {"prompt": schedule text, "negative_prompt": str}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the state to one file (torch.save of plain tensors, ints and strings)."""
@@ -327,6 +328,7 @@ class FIFOStream:
             width=self.width,
             decoder_state=self._decoder.state_dict(),
             pending=torch.from_numpy(self._pending.copy()),
+            meta={"prompt": self.schedule.to_text(), "negative_prompt": self.negative_prompt},
         )
 
 

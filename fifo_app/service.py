@@ -225,14 +225,17 @@ class Service:
         if state.backbone not in BACKBONES:
             raise InputError(f"the state was made by backbone {state.backbone!r}, which is not available here")
         c = state.config
-        if not (prompt or "").strip() and not schedule_rows_present(schedule_rows):
-            raise InputError("a saved state does not record its prompt: type the prompt to continue with")
+        recorded = state.meta.get("prompt")  # None in state files written before states recorded it
+        typed = bool((prompt or "").strip()) or schedule_rows_present(schedule_rows)
+        if not typed and recorded is None:
+            raise InputError("this saved state does not record its prompt: type the prompt to continue with")
         fps = int(c["fps"])
         frames = frames_for_length(length, unit, fps)
-        text = continue_schedule(None, build_schedule(prompt, schedule_rows).to_text(), state.frames_emitted)
+        new_text = build_schedule(prompt, schedule_rows).to_text() if typed else None
+        text = continue_schedule(recorded, new_text, state.frames_emitted)
         settings = parse_inputs(
             text,
-            "",
+            state.meta.get("negative_prompt", ""),
             state.backbone,
             frames,
             "frames",

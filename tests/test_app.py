@@ -202,6 +202,10 @@ def test_uploaded_state_continues_like_extend(client):
     cont = client.predict(handle_file(out[2]), PROMPT, 12, "frames", api_name="/continue_state")
     assert np.array_equal(read_video(cont[1]), read_video(ext[1])[24:])  # the same 12 new frames
     assert "no link" in cont[5]
+    # the state records its prompt: an empty prompt box goes on with it
+    assert state.meta == {"prompt": PROMPT, "negative_prompt": ""}
+    same = client.predict(handle_file(out[2]), "", 12, "frames", api_name="/continue_state")
+    assert np.array_equal(read_video(same[1]), read_video(cont[1]))
 
 
 # -- share links ------------------------------------------------------------------------------------

@@ -47,6 +47,11 @@ def test_prompt_file_schedule_and_state_resume(tmp_path):
     diff = np.abs(read_video(b).astype(int) - read_video(whole)[10:].astype(int)).mean()
     assert diff < 1.0, diff
     assert json.loads(probe_video(b)["tags"]["comment"])["prompt"].startswith("0: a red ball moving right\n12:")
+    # the state records its schedule: resuming without a prompt goes on with it
+    c = tmp_path / "c.mp4"
+    r = cli("--frames", "10", "-o", str(c), "--resume", str(tmp_path / "q.pt"), *common)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(read_video(c), read_video(b))
 
 
 @pytest.mark.parametrize(

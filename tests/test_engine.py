@@ -75,6 +75,17 @@ def test_resume_is_bit_identical(tmp_path):
     assert np.array_equal(np.stack(first + rest), whole)
 
 
+def test_state_records_its_prompts_and_older_files_still_load(tmp_path):
+    stream = FIFOStream(gauss(), "0: a\n6: b", seed=2, negative_prompt="n")
+    list(stream.frames(3))
+    stream.state().save(tmp_path / "s.pt")
+    assert FIFOState.load(tmp_path / "s.pt").meta == {"prompt": "0: a\n6: b", "negative_prompt": "n"}
+    d = torch.load(tmp_path / "s.pt", weights_only=True)
+    del d["meta"]  # a file written before states recorded their prompts
+    torch.save(d, tmp_path / "old.pt")
+    assert FIFOState.load(tmp_path / "old.pt").meta == {}
+
+
 def test_resume_refuses_a_contradicting_request(tmp_path):
     bb = gauss()
     stream = FIFOStream(bb, "p", seed=1)
