@@ -69,14 +69,14 @@ def _peak_memory() -> str:
 
 
 class _SingleProcess:
-    """One process, one device: the stream as is, this process writes."""
+    """One process, one device, this process writes; the engine's frames, decoded ahead on CUDA."""
 
     is_main = True
 
     def __init__(self, device: str | None) -> None:
-        from . import FIFOStream
+        from .parallel import PipelinedFIFOStream  # its defaults: decode-ahead on CUDA only, same frames
 
-        self.device, self.stream_class = device, FIFOStream
+        self.device, self.stream_class = device, PipelinedFIFOStream
 
     def __enter__(self) -> "_SingleProcess":
         return self
