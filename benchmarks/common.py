@@ -222,6 +222,15 @@ def set_threads(n: int | None) -> int:
     return torch.get_num_threads()
 
 
+def pick_sections(parser, only: str, allowed: Sequence[str]) -> list[str]:
+    """The comma-separated `--only` value as a list; an unknown name is a usage error naming the allowed ones."""
+    picked = [s.strip() for s in only.split(",") if s.strip()]
+    bad = [s for s in picked if s not in allowed]
+    if bad:
+        parser.error(f"unknown section(s) {bad}; allowed: {tuple(allowed)}")
+    return picked
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]

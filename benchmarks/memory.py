@@ -275,13 +275,10 @@ def main(argv=None) -> int:
             res = child_fullclip(int(rest[0]), int(rest[1]))
         print(json.dumps(res))
         return 0
-    from benchmarks.common import load_note, machine, set_threads
+    from benchmarks.common import load_note, machine, pick_sections, set_threads
 
     set_threads(args.threads)
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
-    bad = [s for s in only if s not in SECTIONS]
-    if bad:
-        p.error(f"unknown section(s) {bad}; allowed: {SECTIONS}")
+    only = pick_sections(p, args.only, SECTIONS)
     print(f"# benchmarks/memory.py {' '.join(argv if argv is not None else sys.argv[1:])}\n\n{machine()}\n", flush=True)
     for s in only:
         t = time.perf_counter()

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import fifo  # noqa: E402
-from benchmarks.common import Counters, full_clip_sample, load_note, machine, set_threads, table, tiny_unet3d  # noqa: E402
+from benchmarks.common import Counters, full_clip_sample, load_note, machine, pick_sections, set_threads, table, tiny_unet3d  # noqa: E402
 from fifo import FIFOConfig, FIFOStream  # noqa: E402
 from fifo.cpu import keep_freed_memory  # noqa: E402
 from fifo.parallel import PipelinedFIFOStream, spawn  # noqa: E402
@@ -339,8 +339,7 @@ torch.set_num_threads(1)
 from benchmarks import speed
 from fifo.cpu import keep_freed_memory
 speed.SMOKE = sys.argv[4] == "1"
-if sys.argv[1] == "tuned":
-    keep_freed_memory()
+tuned = keep_freed_memory() if sys.argv[1] == "tuned" else None
 bb, prompt = speed.make(sys.argv[2])
 it = speed.FIFOStream(bb, prompt).frames(10**9)
 next(it)
@@ -351,25 +350,31 @@ f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
 for _ in range(steps):
     next(it)
 wall = time.perf_counter() - t
-print(json.dumps({"ms": wall / steps * 1e3, "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps}))
+print(json.dumps({"set": tuned, "ms": wall / steps * 1e3, "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps}))
 """
 
 
-def section_cpualloc(args) -> str:
+def alloc_child(mode: str, backbone: str, steps: int, smoke: bool = False) -> dict:
+    """A fresh process stepping FIFOStream with glibc's defaults ("default") or `keep_freed_memory()`
+    ("tuned"): {"set": what the call returned (None if not made), "ms": per step, "faults": per step}."""
     import subprocess
 
     root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", _ALLOC_CHILD, mode, backbone, root, "1" if smoke else "0", str(steps)],
+        capture_output=True, text=True, check=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def section_cpualloc(args) -> str:
     rows = []
     for name in ("toy", "unet3d"):
         steps, reps = sizes((150, 3) if name == "toy" else (8, 3), args)
         res = {"default": [], "tuned": []}
         for _ in range(reps):  # alternating processes: load swings hit both alike
             for mode in res:
-                out = subprocess.run(
-                    [sys.executable, "-c", _ALLOC_CHILD, mode, name, root, "1" if args.smoke else "0", str(steps)],
-                    capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                )  # fmt: skip
-                res[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                res[mode].append(alloc_child(mode, name, steps, args.smoke))
         ratios = [d["ms"] / t["ms"] for d, t in zip(res["default"], res["tuned"])]
         for mode, r in res.items():
             rows.append([name, "glibc defaults" if mode == "default" else "keep_freed_memory()", f"{med(x['ms'] for x in r):.2f}",
@@ -442,10 +447,7 @@ def main(argv=None) -> int:
     SMOKE = args.smoke
     set_threads(args.threads)
     keep_freed_memory()
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
-    bad = [s for s in only if s not in SECTIONS]
-    if bad:
-        p.error(f"unknown section(s) {bad}; allowed: {SECTIONS}")
+    only = pick_sections(p, args.only, SECTIONS)
     print(f"# benchmarks/speed.py {' '.join(argv if argv is not None else sys.argv[1:])}\n\n{machine()}\n", flush=True)
     for s in only:
         t = time.perf_counter()

@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         _list_backbones()
         return 0
     try:
+        state = FIFOState.load(args.resume) if args.resume else None
         if args.prompt_file is not None:
             if args.prompt is not None:
                 raise ValueError("give a prompt or --prompt-file, not both")
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as e:
                 raise ValueError(f"--prompt-file {args.prompt_file}: {e.strerror}") from None
         elif args.prompt is None:
-            recorded = FIFOState.load(args.resume).meta.get("prompt") if args.resume else None
+            recorded = state.meta.get("prompt") if state is not None else None
             if recorded is None:
                 raise ValueError("no prompt: give one, e.g. python -m fifo \"a red ball moving right\"")
             prompt = recorded  # --resume without a prompt: the state's own schedule goes on
@@ -134,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.output.suffix.lower() != ".mp4":
             raise ValueError(f"--output {args.output}: must end in .mp4")
-        state = FIFOState.load(args.resume) if args.resume else None
         dtype = getattr(torch, args.dtype) if args.dtype else None
         with _run_context(args.device) as dist:
             backbone = load_backbone(args.backbone, device=dist.device, dtype=dtype)

@@ -129,27 +129,15 @@ def test_memory_benchmark_child_runs():
     assert [p["frames"] for p in res["points"]] == [2, 5] and res["points"][1]["peak"] >= res["baseline"]
 
 
-FAULTS = """
-import resource, sys, fifo
-from fifo.cpu import keep_freed_memory
-print(keep_freed_memory() if sys.argv[1] == "tuned" else "-")
-it = fifo.FIFOStream(fifo.load_backbone("toy"), "a red ball moving right").frames(10**9)
-for _ in range(30): next(it)
-f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20): next(it)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 20)
-"""
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_stops_the_page_faults_of_every_step():
     """With glibc's defaults a toy step maps fresh pages for its tensors; tuned, it reuses the heap's."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    from benchmarks.speed import alloc_child  # the benchmark's own measurement, at the toy's defaults
+
     runs = {}
     for mode in ("default", "tuned"):
-        out = subprocess.run([sys.executable, "-c", FAULTS, mode], env=env, capture_output=True, text=True, timeout=300, check=True)
-        set_, faults = out.stdout.split()
-        runs[mode] = (set_, float(faults))
-    assert runs["tuned"][0] == "True"
+        r = alloc_child(mode, "toy", 20)
+        runs[mode] = (r["set"], r["faults"])
+    assert runs["tuned"][0] is True
     assert runs["default"][1] > 10, runs  # the problem is there to solve (glibc's defaults)
     assert runs["tuned"][1] <= 0.1 * runs["default"][1], runs  # ~360 per step -> 0 here
