@@ -343,25 +343,32 @@ tuned = keep_freed_memory() if sys.argv[1] == "tuned" else None
 bb, prompt = speed.make(sys.argv[2])
 it = speed.FIFOStream(bb, prompt).frames(10**9)
 next(it)
-steps = int(sys.argv[5])
-for _ in range(max(steps // 4, 1)):
+steps, warm = int(sys.argv[5]), int(sys.argv[6])
+for _ in range(warm):
     next(it)
-f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+faults = [resource.getrusage(resource.RUSAGE_SELF).ru_minflt]
+t = time.perf_counter()
 for _ in range(steps):
     next(it)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 wall = time.perf_counter() - t
-print(json.dumps({"set": tuned, "ms": wall / steps * 1e3, "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps}))
+per_step = sorted(b - a for a, b in zip(faults, faults[1:]))
+print(json.dumps({"set": tuned, "ms": wall / steps * 1e3, "faults": (faults[-1] - faults[0]) / steps,
+                  "faults_median": per_step[steps // 2]}))
 """
 
 
-def alloc_child(mode: str, backbone: str, steps: int, smoke: bool = False) -> dict:
+def alloc_child(mode: str, backbone: str, steps: int, smoke: bool = False, warm: int | None = None) -> dict:
     """A fresh process stepping FIFOStream with glibc's defaults ("default") or `keep_freed_memory()`
-    ("tuned"): {"set": what the call returned (None if not made), "ms": per step, "faults": per step}."""
+    ("tuned"), `warm` steps (default steps // 4) after the first frame, then `steps` measured:
+    {"set": what the call returned (None if not made), "ms": per step, "faults": page faults per step
+    (mean), "faults_median": the median step's (blind to a one-off heap growth)}."""
+    warm = max(steps // 4, 1) if warm is None else warm
     import subprocess
 
     root = str(Path(__file__).resolve().parents[1])
     out = subprocess.run(
-        [sys.executable, "-c", _ALLOC_CHILD, mode, backbone, root, "1" if smoke else "0", str(steps)],
+        [sys.executable, "-c", _ALLOC_CHILD, mode, backbone, root, "1" if smoke else "0", str(steps), str(warm)],
         capture_output=True, text=True, check=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
