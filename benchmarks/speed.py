@@ -346,23 +346,18 @@ next(it)
 steps, warm = int(sys.argv[5]), int(sys.argv[6])
 for _ in range(warm):
     next(it)
-faults = [resource.getrusage(resource.RUSAGE_SELF).ru_minflt]
-t = time.perf_counter()
+f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
 for _ in range(steps):
     next(it)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 wall = time.perf_counter() - t
-per_step = sorted(b - a for a, b in zip(faults, faults[1:]))
-print(json.dumps({"set": tuned, "ms": wall / steps * 1e3, "faults": (faults[-1] - faults[0]) / steps,
-                  "faults_median": per_step[steps // 2]}))
+print(json.dumps({"set": tuned, "ms": wall / steps * 1e3, "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps}))
 """
 
 
 def alloc_child(mode: str, backbone: str, steps: int, smoke: bool = False, warm: int | None = None) -> dict:
     """A fresh process stepping FIFOStream with glibc's defaults ("default") or `keep_freed_memory()`
     ("tuned"), `warm` steps (default steps // 4) after the first frame, then `steps` measured:
-    {"set": what the call returned (None if not made), "ms": per step, "faults": page faults per step
-    (mean), "faults_median": the median step's (blind to a one-off heap growth)}."""
+    {"set": what the call returned (None if not made), "ms": per step, "faults": page faults per step}."""
     warm = max(steps // 4, 1) if warm is None else warm
     import subprocess
 

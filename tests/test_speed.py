@@ -136,8 +136,9 @@ def test_keep_freed_memory_stops_the_page_faults_of_every_step():
 
     runs = {}
     for mode in ("default", "tuned"):
-        r = alloc_child(mode, "toy", 20, warm=30)
-        runs[mode] = (r["set"], r["faults_median"])  # the median step: a one-off growth of the heap is no step's habit
+        # 100 steps: the tuned heap may still grow once (~200 faults), which 20 steps did not dilute enough
+        r = alloc_child(mode, "toy", 100, warm=30)
+        runs[mode] = (r["set"], r["faults"])
     assert runs["tuned"][0] is True
     assert runs["default"][1] > 10, runs  # the problem is there to solve (glibc's defaults)
     assert runs["tuned"][1] <= 0.1 * runs["default"][1], runs  # ~360 per step -> 0 here
