@@ -99,8 +99,7 @@ def make_ladder(schedule: NoiseSchedule, length: int) -> Ladder:
     if length > T:
         raise ValueError(f"length={length}: at most num_train_timesteps={T} rungs")
     if schedule.kind == "vp":
-        # diffusers' "trailing" spacing: the top rung is t = T - 1, rungs T / L apart.
-        t = np.round(np.arange(T, 0, -T / length)).astype(np.int64)[::-1].copy() - 1
+        t = trailing_timesteps(T, length)
         ac = torch.tensor(schedule.alphas_cumprod, dtype=torch.float64)[torch.from_numpy(t)]
         timesteps = torch.from_numpy(t).double()
         alphas, sigmas = ac.sqrt(), (1 - ac).sqrt()
@@ -120,6 +119,21 @@ def make_ladder(schedule: NoiseSchedule, length: int) -> Ladder:
         torch.cat([one, alphas[:-1]]),
         torch.cat([zero, sigmas[:-1]]),
     )
+
+
+def trailing_timesteps(num_train_timesteps: int, length: int) -> np.ndarray:
+    """diffusers' "trailing" spacing in exact integers: rung i (1-based) at round(i T / L) - 1, ascending.
+
+    diffusers computes `np.round(np.arange(T, 0, -T / L)) - 1`; with a float step, `arange` can
+    yield one value too many (e.g. T = 1000, L = 122: 123 rungs, the last at t = -1). Here
+    `round(i T / L)` is computed on integers, halves to even like `np.round`, so there are always
+    exactly L rungs, the top one at T - 1.
+    """
+    T, L = num_train_timesteps, length
+    num = np.arange(1, L + 1, dtype=np.int64) * T  # i * T, exact
+    q, r = num // L, num % L
+    up = (2 * r > L) | ((2 * r == L) & (q % 2 == 1))  # round half to even
+    return q + up.astype(np.int64) - 1
 
 
 def _shift(sigma, shift: float):
@@ -162,8 +176,8 @@ def windows(frames_per_window: int, partitions: int, lookahead: bool) -> list[Wi
 
 
 def slot_timesteps(ladder: Ladder, context: int) -> torch.Tensor:
-    """Model timestep of every overall slot: context slots at the head rung `tau_0`."""
-    return torch.cat([ladder.timesteps[:1].expand(context), ladder.timesteps])
+    """Model timestep of every overall slot: context slots at 0 (they are finished, clean frames)."""
+    return torch.cat([ladder.timesteps.new_zeros(context), ladder.timesteps])
 
 
 def window_batches(wins: list[Window], max_batch: int | None) -> list[list[Window]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -15,13 +17,23 @@ def test_vp_ladder_is_trailing_spacing_over_the_whole_range(L):
     sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing")
     sched.set_timesteps(L)
     lad = make_ladder(NoiseSchedule.from_scheduler(sched), L)
-    assert lad.timesteps.tolist() == sorted(sched.timesteps.tolist())
+    _assert_trailing_matches(lad.timesteps.long().numpy(), np.sort(sched.timesteps.numpy()), L)
     assert lad.timesteps[-1] == 999  # the tail rung is the top of the training range
     ac = sched.alphas_cumprod.double()
     assert torch.allclose(lad.alphas**2, ac[lad.timesteps.long()])
     assert torch.allclose(lad.alphas**2 + lad.sigmas**2, torch.ones(L, dtype=torch.float64))
     assert lad.next_alphas[0] == 1 and lad.next_sigmas[0] == 0  # rung 0 steps to clean
     assert torch.equal(lad.next_alphas[1:], lad.alphas[:-1])
+
+
+def _assert_trailing_matches(ours: np.ndarray, ref: np.ndarray, L: int, T: int = 1000) -> None:
+    """Equal to diffusers' float formula except where i T / L is exactly k + 1/2: there the float
+    error in `arange` picks either neighbour, and ours rounds half to even."""
+    i = np.arange(1, L + 1)
+    tie = (2 * (i * T % L)) == L
+    assert (ours[~tie] == ref[~tie]).all(), L
+    lo = i[tie] * T // L - 1
+    assert np.isin(ref[tie] - lo, [0, 1]).all() and (ours[tie] == lo + (lo + 1) % 2).all(), L
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0, 5.0])
@@ -70,10 +82,45 @@ def test_lookahead_layout_by_hand():
     assert [tuple(w) for w in windows(4, 3, False)] == [(0, 0, 4), (4, 4, 8), (8, 8, 12)]
 
 
+def _queue_lengths() -> list[int]:
+    """Every L = f * n the config allows (f in [2, 256], n in [1, 64]) that fits T = 1000 rungs."""
+    return sorted({f * n for f in range(2, 257) for n in range(1, 65) if f * n <= 1000})
+
+
+def test_vp_ladder_has_exactly_L_rungs_for_every_allowed_queue_length():
+    sched = NoiseSchedule.scaled_linear()
+    lengths = _queue_lengths()
+    assert len(lengths) == 831
+    float_step_wrong = 0
+    for L in lengths:
+        lad = make_ladder(sched, L)
+        t = lad.timesteps.long()
+        assert len(lad) == L and t.shape == (L,), L
+        assert t[0] >= 0 and t[-1] == 999, L
+        assert bool((t[1:] > t[:-1]).all()), L
+        # the exact rung i T / L rounded (half to even), computed independently with fractions
+        i = np.arange(1, L + 1)
+        exact = [round(Fraction(int(k) * 1000, L)) - 1 for k in i]  # Python's round: half to even
+        assert t.tolist() == exact, L
+        ref = np.round(np.arange(1000, 0, -1000 / L)).astype(np.int64)[::-1] - 1  # diffusers' formula
+        if len(ref) == L:
+            _assert_trailing_matches(t.numpy(), ref, L)
+        else:
+            float_step_wrong += 1
+    assert float_step_wrong == 44  # the lengths where the float-step arange gives L + 1 rungs (e.g. 122)
+
+
+def test_ladder_for_f11_n11_steps_to_t0_not_minus_one():
+    lad = make_ladder(NoiseSchedule.scaled_linear(), 11 * 11)
+    assert len(lad) == 121 and lad.timesteps[0] == 7 and lad.timesteps.min() >= 0
+
+
 def test_slot_timesteps_and_batches():
     lad = make_ladder(NoiseSchedule.scaled_linear(), 8)
     t = slot_timesteps(lad, 2)
-    assert t.tolist()[:3] == [lad.timesteps[0].item()] * 3 and t[-1] == 999
+    # context frames are finished: the model sees them at their true level, clean (t = 0)
+    assert t.tolist()[:3] == [0.0, 0.0, lad.timesteps[0].item()] and t[-1] == 999
+    assert torch.equal(t[2:], lad.timesteps)
     wins = windows(4, 2, True)
     assert window_batches(wins, None) == [wins]
     assert window_batches(wins, 3) == [wins[:3], wins[3:]]
