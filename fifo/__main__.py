@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("device and state")
     r.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     r.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="model dtype")
+    r.add_argument("--flow-shift", type=float, default=None, help="flow models: sigma shift (default: the backbone's, see --list-backbones)")
+    r.add_argument("--fps-condition", type=float, default=None, help="frame-rate input of videocrafter2 / skyreels (default: the backbone's)")
     r.add_argument("--save-state", type=Path, help="save the queue state here at the end, to continue later")
     r.add_argument("--resume", type=Path, help="continue from a saved state (its seed, size and layout apply)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -137,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--output {args.output}: must end in .mp4")
         dtype = getattr(torch, args.dtype) if args.dtype else None
         with _run_context(args.device) as dist:
-            backbone = load_backbone(args.backbone, device=dist.device, dtype=dtype)
+            backbone = load_backbone(
+                args.backbone, device=dist.device, dtype=dtype, flow_shift=args.flow_shift, fps_condition=args.fps_condition
+            )
             if backbone.device.type == "cpu":
                 keep_freed_memory()  # ~25% faster steps on a CPU (fifo/cpu.py)
             stream = dist.stream_class(backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state)

@@ -365,7 +365,7 @@ def test_direct_calls_from_another_thread_are_left_alone(unet_bbs):
 
 def test_per_frame_injection_under_accelerate_offload_hooks():
     """cpu_offload wraps forward with accelerate hooks (execution device CPU here): same numbers."""
-    from fifo.backbones.unet3d import offload_chain
+    from fifo.backbones.hub import offload_chain
 
     bb = unet_backbone(True)
     x, t = latents((1, 4, 3, 8, 8), 17), torch.tensor([[600.0, 300.0, 10.0]])
@@ -550,7 +550,7 @@ def test_videocrafter2_loads_strictly(tmp_path):
     for name, p in vc2.state_dict().items():
         assert torch.equal(p, bb.unet.state_dict()[name]), name
     # the stock class would drop the fps weights: strict loading refuses
-    from fifo.backbones.unet3d import load_model_strict
+    from fifo.backbones.hub import load_model_strict
 
     with pytest.raises(CheckpointMismatchError, match="unexpected keys.*fps_embedding"):
         load_model_strict(UNet3DConditionModel, str(tmp_path / "vc2"), "UNet")

@@ -22,6 +22,10 @@ class BackboneSpec:
     needs_gpu: bool = True
     vram_gb: float | None = None  # rough peak at the defaults, fp16, for the README and the app
     summary: str = ""
+    # How its authors sample it, passed to from_pretrained unless the caller gives its own:
+    flow_shift: float | None = None  # flow models: the sigma shift (replaces the shipped scheduler's)
+    fps_condition: float | None = None  # frame-rate-conditioned models: the rate fed to the model
+    sources: str = ""  # where the defaults above come from
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -35,16 +39,36 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+_SAMPLING_OPTIONS = ("flow_shift", "fps_condition")
+
+
 def load_backbone(name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None, **kw) -> Backbone:
-    """Build the registry backbone `name` on `device` (default: CUDA if present, else CPU)."""
+    """Build the registry backbone `name` on `device` (default: CUDA if present, else CPU).
+
+    `flow_shift=` / `fps_condition=` override the entry's own (None keeps it); a model without
+    that input refuses the option.
+    """
     if name not in BACKBONES:
         raise ValueError(f"backbone={name!r}: allowed are {sorted(BACKBONES)}")
     spec = BACKBONES[name]
+    for key in _SAMPLING_OPTIONS:
+        value = kw.pop(key, None)
+        default = getattr(spec, key)
+        if value is not None and default is None:
+            raise ValueError(f"{key}={value!r}: {name} has no such input (it applies to {_takers(key)})")
+        if value is not None or default is not None:
+            kw[key] = default if value is None else value
     module, cls_name = spec.cls.split(":")
     cls = getattr(importlib.import_module(f"fifo.backbones.{module}"), cls_name)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.model_id is not None:  # the toy world has no name or defaults to be told
+        kw = {"name": spec.name, "defaults": spec.defaults, **kw}
     return cls.from_pretrained(spec.model_id, device=device, dtype=dtype, **kw)
+
+
+def _takers(key: str) -> str:
+    return ", ".join(n for n, s in BACKBONES.items() if getattr(s, key) is not None)
 
 
 register(
@@ -102,12 +126,14 @@ register(
         name="videocrafter2",
         cls="unet3d:UNet3DBackbone",
         model_id="adamdad/videocrafterv2_diffusers",
-        licence="see model card (UNet: VideoCrafter2 port, terms not verified here; VAE and text encoder from zeroscope_v2_576w: CC-BY-NC-4.0)",
+        licence="see model card (VideoCrafter2 port, every component in one repository; terms not verified here)",
         defaults=BackboneDefaults(
             frames_per_window=16, partitions=4, lookahead=True, eta=1.0, guidance_scale=12.0, fps=8, height=320, width=512
         ),
         vram_gb=25.0,
         summary="VideoCrafter2 (UNet3D + fps embedding, 512x320, 16 frames), the FIFO-Diffusion paper's main model; estimated VRAM",
+        fps_condition=8.0,
+        sources="fps 8: FIFO-Diffusion's VideoCrafter2 runs (VideoCrafter's own run_text2video.sh passes 28)",
     )
 )
 register(
@@ -121,6 +147,8 @@ register(
         ),
         vram_gb=22.0,
         summary="Wan2.1 T2V 1.3B (flow matching, 832x480, 81 frames = 21 latents, causal VAE); estimated VRAM",
+        flow_shift=3.0,
+        sources="shift 3.0: diffusers' Wan documentation for 480P (5.0 for 720P), as the repository's scheduler config ships",
     )
 )
 register(
@@ -134,5 +162,9 @@ register(
         ),
         vram_gb=26.0,
         summary="SkyReels-V2 diffusion forcing 1.3B (per-frame noise levels, 960x544, 97 frames = 25 latents); estimated VRAM",
+        flow_shift=8.0,
+        fps_condition=24.0,
+        sources="shift 8.0: diffusers' SkyReels-V2 documentation for text-to-video (the shipped scheduler config has none: 1.0); "
+        "fps 24: the documentation's 540P example (the model takes two classes, 16 and anything else)",
     )
 )

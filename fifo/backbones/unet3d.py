@@ -10,18 +10,16 @@ VideoCrafter2's diffusers port (`adamdad/videocrafterv2_diffusers`) is a UNet3D 
 embedding also gets `fps_embedding(fps_proj(fps))` added; `VideoCrafter2UNet` adds those modules
 and every UNet of this family is loaded with strict key matching.
 
-This module also holds the Hub loading helpers the Wan adapter shares (`hub_call`,
-`WeightsUnavailableError`, `PromptEmbeds`).
+Hub loading lives in `hub.py`, what both diffusers families do alike (prompts, CFG, dtypes) in
+`diffusers_common.py`.
 """
 
 from __future__ import annotations
 
 import contextvars
-import os
 import threading
 import weakref
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,207 +27,33 @@ from diffusers import UNet3DConditionModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 
-from .base import Backbone, BackboneDefaults, Decoder
+from .base import BackboneDefaults, Decoder
+from .diffusers_common import DiffusersBackbone, PromptEmbeds, to_uint8
+from .hub import (
+    CheckpointMismatchError,
+    ModelLoadError,
+    WeightsUnavailableError,
+    apply_cpu_offload,
+    check_tokenizer,
+    default_device,
+    hub_call,
+    load_model_strict,
+    load_scheduler,
+    probe_repo,
+    with_variant,
+)
 
-# -- loading helpers (shared with wan.py) --------------------------------------------------------
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Model weights are neither in the local Hugging Face cache nor downloadable right now."""
-
-    def __init__(self, model_id: str, what: str, reason: BaseException | str) -> None:
-        super().__init__(
-            f"cannot load {model_id!r} ({what}): {_why(reason)}; fetch it with `hf download {model_id}` "
-            f"(or `huggingface-cli download {model_id}`), set HF_TOKEN for a gated or private repository, or go online"
-        )
-        self.model_id = model_id
-
-
-def _why(reason: BaseException | str) -> str:
-    """One short clause for what went wrong (the libraries' own messages run to several lines)."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
-
-    if isinstance(reason, GatedRepoError):
-        return "the repository is gated: accept its terms on the Hub"
-    if isinstance(reason, RepositoryNotFoundError):
-        return "no such repository on the Hub, or it is private"
-    if isinstance(reason, (LocalEntryNotFoundError, OfflineModeIsEnabled)) or (
-        isinstance(reason, OSError) and constants.HF_HUB_OFFLINE
-    ):
-        if constants.HF_HUB_OFFLINE:
-            return "not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading"
-        return "not in the local Hugging Face cache, and the Hub could not be reached"
-    text = str(reason).strip()
-    text = text.splitlines()[0] if text else type(reason).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's keys do not match the model class built for it (strict loading)."""
-
-
-def _hub_errors() -> tuple[type[BaseException], ...]:
-    from huggingface_hub.errors import EntryNotFoundError
-
-    # OSError covers what diffusers/transformers raise for missing files, LocalEntryNotFoundError,
-    # RepositoryNotFoundError, GatedRepoError, HfHubHTTPError and OfflineModeIsEnabled.
-    return (OSError, EntryNotFoundError)
-
-
-def hub_call(model_id: str, what: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
-    """Run a `from_pretrained`-style call; a missing or unreachable file becomes WeightsUnavailableError."""
-    try:
-        return fn(*args, **kwargs)
-    except _hub_errors() as e:
-        raise WeightsUnavailableError(model_id, what, e) from None
-
-
-def probe_repo(model_id: str, filenames: Sequence[str]) -> str:
-    """The first of `filenames` the repository has (downloading it); fails fast when offline and uncached."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    if os.path.isdir(model_id):  # a local copy (save_pretrained layout): no Hub access at all
-        for name in filenames:
-            if os.path.isfile(os.path.join(model_id, name)):
-                return name
-        raise WeightsUnavailableError(model_id, "local directory", f"it has no {' or '.join(filenames)}")
-    last: BaseException | None = None
-    for name in filenames:
-        try:
-            hf_hub_download(model_id, name)
-            return name
-        except EntryNotFoundError as e:  # that file is not there (or not cached): try the next layout
-            last = e
-        except OSError as e:
-            raise WeightsUnavailableError(model_id, "repository index", e) from None
-    raise WeightsUnavailableError(model_id, "repository index", last or f"no {' or '.join(filenames)}")
-
-
-def check_tokenizer(model_id: str, tokenizer: Any) -> None:
-    """Refuse the special-tokens-only tokenizer transformers returns (no error) when the files are missing."""
-    if len(tokenizer) < 10:
-        raise WeightsUnavailableError(model_id, "tokenizer", f"tokenizer files missing (vocabulary of {len(tokenizer)})")
-
-
-def load_model_strict(cls: type, model_id: str, what: str, **kwargs) -> torch.nn.Module:
-    """`cls.from_pretrained` that refuses missing, unexpected or mis-shaped keys instead of warning."""
-    model, info = hub_call(model_id, what, cls.from_pretrained, model_id, output_loading_info=True, **kwargs)
-    problems = []
-    for key in ("missing_keys", "unexpected_keys", "mismatched_keys"):
-        found = info.get(key) or []
-        if found:
-            names = sorted(k[0] if isinstance(k, tuple) else k for k in found)
-            problems.append(f"{len(names)} {key.replace('_', ' ')} (e.g. {', '.join(names[:4])})")
-    if info.get("error_msgs"):
-        problems.append(f"errors: {info['error_msgs'][:2]}")
-    if problems:
-        raise CheckpointMismatchError(f"{model_id} {what}: checkpoint does not match {cls.__name__}: {'; '.join(problems)}")
-    return model
-
-
-def load_scheduler(model_id: str, subfolder: str | None = "scheduler"):
-    """The scheduler a repository ships, built from its config by class name (no remote code)."""
-    import diffusers
-
-    kw = {"subfolder": subfolder} if subfolder else {}
-    cfg = hub_call(model_id, "scheduler config", diffusers.DDIMScheduler.load_config, model_id, **kw)
-    cls = getattr(diffusers, str(cfg.get("_class_name", "")), None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise ValueError(f"{model_id}: unknown scheduler class {cfg.get('_class_name')!r}")
-    return cls.from_config(cfg)
-
-
-def default_device(device: str | torch.device | None) -> torch.device:
-    """CUDA when present, else CPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
-def spec_defaults(model_id: str, cls_path: str) -> tuple[str, BackboneDefaults] | None:
-    """(name, defaults) of the registry entry loading `model_id` with `cls_path`, if there is one."""
-    from .registry import BACKBONES
-
-    for spec in BACKBONES.values():
-        if spec.model_id == model_id and spec.cls == cls_path:
-            return spec.name, spec.defaults
-    return None
-
-
-def apply_cpu_offload(modules: Sequence[torch.nn.Module], device: torch.device) -> None:
-    """Keep `modules` on the CPU, each moved to `device` only while it is the one running (accelerate)."""
-    if device.type != "cuda":
-        raise ValueError(f"cpu_offload=True needs a CUDA device, not {device}")
-    offload_chain(modules, device)
-
-
-def offload_chain(modules: Sequence[torch.nn.Module], device: torch.device) -> None:
-    """accelerate's model offload hooks, chained in a cycle: running one module offloads the one before.
-
-    A cycle, not diffusers' one-way chain, because FIFO encodes new prompts between denoising calls
-    (prompt schedules), and the text encoder should then push the denoiser out, not join it.
-    """
-    from accelerate import cpu_offload_with_hook
-
-    hooks = []
-    for m in modules:
-        _, hook = cpu_offload_with_hook(m, device, prev_module_hook=hooks[-1] if hooks else None)
-        hooks.append(hook)
-    if len(hooks) > 1:
-        hooks[0].hook.prev_module_hook = hooks[-1]
-
-
-def with_variant(load: Callable[[str | None], Any], dtype: torch.dtype, variant: str | None) -> Any:
-    """`load(variant)`; "auto" takes the half-size fp16 files for fp16 when the repository has them."""
-    if variant != "auto":
-        return load(variant)
-    if dtype == torch.float16:
-        try:
-            return load("fp16")
-        except WeightsUnavailableError:
-            pass
-    return load(None)
-
-
-@dataclass(frozen=True)
-class PromptEmbeds:
-    """One encoded prompt: positive and negative text embeddings, batch dim 1 each."""
-
-    positive: torch.Tensor  # (1, S, D)
-    negative: torch.Tensor  # (1, S, D)
-
-
-def stack_conds(cond: PromptEmbeds | Sequence[PromptEmbeds], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positive, negative) embeddings (B, S, D) for one cond shared by all rows or one cond per row."""
-    conds = [cond] * batch if isinstance(cond, PromptEmbeds) else list(cond)
-    if len(conds) != batch or not all(isinstance(c, PromptEmbeds) for c in conds):
-        raise ValueError(f"cond: expected one PromptEmbeds or a sequence of {batch} (one per batch row), got {len(conds)} items")
-    return torch.cat([c.positive for c in conds]), torch.cat([c.negative for c in conds])
-
-
-def guided(
-    model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    t: torch.Tensor,
-    pos: torch.Tensor,
-    neg: torch.Tensor,
-    guidance_scale: float,
-) -> torch.Tensor:
-    """Classifier-free guidance with both halves in one batched call; scale 1 runs the conditional half alone."""
-    if guidance_scale == 1:
-        return model(x, t, pos).float()
-    out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([neg, pos])).float()
-    uncond, cond = out.chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """Frames (N, 3, H, W) in [-1, 1] to uint8 (N, H, W, 3)."""
-    x = ((video.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
+__all__ = [
+    "CheckpointMismatchError",
+    "FrameVAEDecoder",
+    "ModelLoadError",
+    "PromptEmbeds",
+    "UNet3DBackbone",
+    "VideoCrafter2UNet",
+    "WeightsUnavailableError",
+    "model_lock",
+    "per_frame_unet3d",
+]
 
 # -- per-frame time embedding ----------------------------------------------------------------------
 
@@ -323,7 +147,8 @@ class VideoCrafter2UNet(UNet3DConditionModel):
     UNet adds `fps_embedding(timestep_embedding(fs))` to `time_embed(t)`.
     """
 
-    default_fps: float = 28.0  # VideoCrafter2's run_text2video.sh passes --fps 28
+    # FIFO-Diffusion's VideoCrafter2 runs condition on 8 fps (VideoCrafter's own script passes 28).
+    default_fps: float = 8.0
 
     @register_to_config
     def __init__(
@@ -423,7 +248,7 @@ _FALLBACK = BackboneDefaults(16, 4, True, 0.0, 9.0, 8, 256, 256)
 _ZEROSCOPE = "cerspense/zeroscope_v2_576w"
 
 
-class UNet3DBackbone(Backbone):
+class UNet3DBackbone(DiffusersBackbone):
     """ModelScope / zeroscope / VideoCrafter2: a UNet3D with per-frame timesteps, CFG, an image VAE."""
 
     def __init__(
@@ -464,6 +289,8 @@ class UNet3DBackbone(Backbone):
         self.fps_condition = fps_condition
         if isinstance(unet, VideoCrafter2UNet) and unet.config.fps_cond and fps_condition is None:
             self.fps_condition = unet.default_fps
+        if self.fps_condition is not None and not float(self.fps_condition) > 0:
+            raise ValueError(f"fps_condition={fps_condition!r}: must be a frame rate > 0")
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -485,42 +312,38 @@ class UNet3DBackbone(Backbone):
     ) -> "UNet3DBackbone":
         """Load from the Hub (cached after the first download): fp16 on CUDA, fp32 on CPU.
 
-        A repository with `model_index.json` holds every component in subfolders; one with only a
-        root `config.json` (VideoCrafter2's port) holds the UNet, the rest comes from `base_model_id`
-        (as the port's own loader does). `variant="auto"` takes the fp16 files when loading in fp16
-        and the repository has them. `fps_condition`: VideoCrafter2's frame-rate input (default 28).
-        A local directory in the same layout works too (no Hub access).
+        A repository with `model_index.json` holds every component in subfolders, and all of them
+        are loaded from it (VideoCrafter2's port included: its UNet config carries `fps_cond`). One
+        with only a root `config.json` holds a UNet alone; the scheduler, VAE, tokenizer and text
+        encoder then come from `base_model_id`. `variant="auto"` takes the fp16 files when loading
+        in fp16 and the repository has them. `fps_condition`: VideoCrafter2's frame-rate input
+        (default 8). A local directory in the same layout works too (no Hub access).
         """
         from diffusers import AutoencoderKL
         from transformers import CLIPTextModel, CLIPTokenizer
 
         device = default_device(device)
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        found = spec_defaults(model_id, "unet3d:UNet3DBackbone")
-        name = name or (found[0] if found else model_id)
-        defaults = defaults or (found[1] if found else None)
+        name = name or model_id
 
         layout = probe_repo(model_id, ["model_index.json", "config.json"])
         if layout == "model_index.json":
-            unet_src, unet_sub, base = model_id, "unet", model_id
+            unet_sub, base = "unet", model_id
         else:
-            unet_src, unet_sub, base = model_id, None, base_model_id
+            unet_sub, base = None, base_model_id
             probe_repo(base, ["model_index.json"])
-        sub = {"subfolder": unet_sub} if unet_sub else {}
-        cfg = hub_call(unet_src, "UNet config", UNet3DConditionModel.load_config, unet_src, **sub)
+        cfg = hub_call(model_id, "UNet config", UNet3DConditionModel.load_config, model_id, subfolder=unet_sub)
         is_vc2 = "fps_cond" in cfg or "VideoCrafter" in str(cfg.get("_class_name", ""))
         unet_cls = VideoCrafter2UNet if is_vc2 else UNet3DConditionModel
 
         unet = with_variant(
-            lambda v: load_model_strict(unet_cls, unet_src, "UNet", torch_dtype=dtype, variant=v, **sub), dtype, variant
+            lambda v: load_model_strict(unet_cls, model_id, "UNet", subfolder=unet_sub, torch_dtype=dtype, variant=v), dtype, variant
         )
         scheduler = load_scheduler(base)
-        tokenizer = hub_call(base, "tokenizer", CLIPTokenizer.from_pretrained, base, subfolder="tokenizer")
+        tokenizer = hub_call(base, "tokenizer", CLIPTokenizer.from_pretrained, base, kind="tokenizer", subfolder="tokenizer")
         check_tokenizer(base, tokenizer)
         text_encoder = with_variant(
-            lambda v: hub_call(
-                base, "text encoder", CLIPTextModel.from_pretrained, base, subfolder="text_encoder", dtype=dtype, variant=v
-            ),
+            lambda v: hub_call(base, "text encoder", CLIPTextModel.from_pretrained, base, subfolder="text_encoder", dtype=dtype, variant=v),
             dtype,
             variant,
         )
@@ -552,26 +375,9 @@ class UNet3DBackbone(Backbone):
         mask = tok.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
         return self.text_encoder(tok.input_ids.to(self.device), attention_mask=mask)[0].to(self.device, self.dtype)
 
-    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeds:
-        """CLIP embeddings of the prompt and the negative prompt ("" is the unconditional one)."""
-        return PromptEmbeds(self._encode_text(prompt), self._encode_text(negative_prompt or ""))
-
     def _model(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         kw = {"fps": self.fps_condition} if isinstance(self.unet, VideoCrafter2UNet) and self.unet.config.fps_cond else {}
         return per_frame_unet3d(self.unet, x, t, ctx, **kw)
-
-    @torch.no_grad()
-    def denoise(
-        self, latents: torch.Tensor, timesteps: torch.Tensor, cond: PromptEmbeds | Sequence[PromptEmbeds], guidance_scale: float
-    ) -> torch.Tensor:
-        """Noise (or v) prediction (B, C, F, h, w), float32, each frame at its own timestep; CFG batched."""
-        b, _, f = latents.shape[:3]
-        if timesteps.shape != (b, f):
-            raise ValueError(f"timesteps shape {tuple(timesteps.shape)}: expected (B, F) = {(b, f)}")
-        pos, neg = stack_conds(cond, b)
-        x = latents.to(self.device, self.dtype)
-        t = timesteps.to(self.device, torch.float32)
-        return guided(self._model, x, t, pos.to(self.device, self.dtype), neg.to(self.device, self.dtype), float(guidance_scale))
 
     def decoder(self) -> FrameVAEDecoder:
         """A decoder turning latent frames into images, one by one (no temporal state)."""

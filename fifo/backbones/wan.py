@@ -17,25 +17,14 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from .base import Backbone, BackboneDefaults, Decoder
-from .unet3d import (
-    PromptEmbeds,
-    apply_cpu_offload,
-    check_tokenizer,
-    default_device,
-    guided,
-    hub_call,
-    load_scheduler,
-    probe_repo,
-    spec_defaults,
-    stack_conds,
-    to_uint8,
-)
+from .base import BackboneDefaults, Decoder
+from .diffusers_common import DiffusersBackbone, to_uint8
+from .hub import apply_cpu_offload, check_tokenizer, default_device, hub_call, load_scheduler, probe_repo
 
 
 def prompt_clean(text: str) -> str:
@@ -108,11 +97,10 @@ class WanStreamDecoder(Decoder):
 _FALLBACK = BackboneDefaults(21, 2, True, 0.0, 5.0, 16, 480, 832)
 
 
-class WanBackbone(Backbone):
+class WanBackbone(DiffusersBackbone):
     """Wan2.1 text-to-video: flow matching, UMT5 text encoder, per-token timesteps, causal VAE."""
 
     prediction_type = "flow"
-    _registry_cls = "wan:WanBackbone"
 
     def __init__(
         self,
@@ -153,8 +141,10 @@ class WanBackbone(Backbone):
         pred = cfg.get("prediction_type", "flow_prediction")
         if "flow" not in str(pred) and not cfg.get("use_flow_sigmas", False) and "FlowMatch" not in type(scheduler).__name__:
             raise ValueError(f"{name}: scheduler {type(scheduler).__name__} with prediction_type={pred!r} is not flow matching")
-        if flow_shift is None:
+        if flow_shift is None:  # the shipped config's (SkyReels-V2 DF ships none: 1.0; the registry sets 8)
             flow_shift = cfg.get("flow_shift", cfg.get("shift", 1.0))
+        if isinstance(flow_shift, bool) or not isinstance(flow_shift, (int, float)) or not float(flow_shift) > 0:
+            raise ValueError(f"flow_shift={flow_shift!r}: must be a number > 0")
         self.flow_shift = float(flow_shift)
         # UniPC keeps a history per sample; Euler with the same shift is its single-step equivalent.
         steps = int(cfg.get("num_train_timesteps", 1000))
@@ -187,24 +177,23 @@ class WanBackbone(Backbone):
     ) -> "WanBackbone":
         """Load from the Hub (cached after the first download): bf16 on CUDA (the VAE in fp32), fp32 on CPU.
 
-        `enable_vae_tiling` is accepted for a uniform API but the streaming decoder decodes whole
-        frames (one latent at a time already bounds its memory in time).
+        `flow_shift` replaces the shipped scheduler's shift (None: keep it). `enable_vae_tiling` is
+        accepted for a uniform API but the streaming decoder decodes whole frames (one latent at a
+        time already bounds its memory in time).
         """
         from diffusers import AutoencoderKLWan
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         device = default_device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        found = spec_defaults(model_id, cls._registry_cls)
-        name = name or (found[0] if found else model_id)
-        defaults = defaults or (found[1] if found else None)
+        name = name or model_id
 
         probe_repo(model_id, ["model_index.json"])
         tcls = cls._transformer_class()
         load = tcls.from_pretrained
         transformer = hub_call(model_id, "transformer", load, model_id, subfolder="transformer", torch_dtype=dtype)
         scheduler = load_scheduler(model_id)
-        tokenizer = hub_call(model_id, "tokenizer", AutoTokenizer.from_pretrained, model_id, subfolder="tokenizer")
+        tokenizer = hub_call(model_id, "tokenizer", AutoTokenizer.from_pretrained, model_id, kind="tokenizer", subfolder="tokenizer")
         check_tokenizer(model_id, tokenizer)
         load = UMT5EncoderModel.from_pretrained
         text_encoder = hub_call(model_id, "text encoder", load, model_id, subfolder="text_encoder", dtype=dtype)
@@ -249,30 +238,16 @@ class WanBackbone(Backbone):
         keep = (torch.arange(n, device=emb.device) < int(mask.gt(0).sum()))[None, :, None]
         return emb * keep
 
-    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeds:
-        """UMT5 embeddings (1, 512, D) of the prompt and the negative prompt, padding zeroed."""
-        return PromptEmbeds(self._encode_text(prompt), self._encode_text(negative_prompt or ""))
-
     def _model(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         # Tokens come out of the patch embedding in (frame, row, column) order.
         per_frame = (x.shape[3] // self._p_h) * (x.shape[4] // self._p_w)
         tokens = t.repeat_interleave(per_frame, dim=1)  # (B, F * rows * cols)
         return self.transformer(hidden_states=x, timestep=tokens, encoder_hidden_states=ctx, return_dict=False)[0]
 
-    @torch.no_grad()
-    def denoise(
-        self, latents: torch.Tensor, timesteps: torch.Tensor, cond: PromptEmbeds | Sequence[PromptEmbeds], guidance_scale: float
-    ) -> torch.Tensor:
-        """Flow velocity (B, C, F, h, w), float32, each frame at its own timestep; CFG batched."""
-        b, _, f, h, w = latents.shape
-        if timesteps.shape != (b, f):
-            raise ValueError(f"timesteps shape {tuple(timesteps.shape)}: expected (B, F) = {(b, f)}")
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        h, w = latents.shape[-2:]
         if h % self._p_h or w % self._p_w:
             raise ValueError(f"latent size {h}x{w}: must be a multiple of the patch size {self._p_h}x{self._p_w}")
-        pos, neg = stack_conds(cond, b)
-        x = latents.to(self.device, self.dtype)
-        t = timesteps.to(self.device, torch.float32)
-        return guided(self._model, x, t, pos.to(self.device, self.dtype), neg.to(self.device, self.dtype), float(guidance_scale))
 
     def decoder(self) -> WanStreamDecoder:
         """A fresh causal streaming decoder (its cache starts at the first latent it is given)."""
@@ -281,8 +256,6 @@ class WanBackbone(Backbone):
 
 class SkyReelsDFBackbone(WanBackbone):
     """SkyReels-V2 diffusion forcing: a Wan-style transformer trained with a noise level per frame."""
-
-    _registry_cls = "wan:SkyReelsDFBackbone"
 
     def __init__(self, *args, fps_condition: int = 24, **kwargs) -> None:
         super().__init__(*args, **kwargs)
