@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Callable, Sequence
 
 import torch
@@ -62,9 +63,14 @@ def local_kwargs(model_id: str) -> dict[str, Any]:
     return {"local_files_only": True} if offline() or os.path.isdir(model_id) else {}
 
 
+_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])+([^\s'\"/\\]*)")
+
+
 def _first_line(reason: BaseException | str) -> str:
+    """The first line of a library's message, paths on this machine cut to their file name."""
     text = str(reason).strip()
     text = text.splitlines()[0] if text else type(reason).__name__
+    text = _PATH.sub(lambda m: m.group(1) or "a local folder", text)
     return text if len(text) <= 160 else text[:157] + "..."
 
 
@@ -228,10 +234,13 @@ def probe_repo(model_id: str, filenames: Sequence[str]) -> str:
     raise WeightsUnavailableError(model_id, "repository index", last or f"no {' or '.join(filenames)}")
 
 
-def check_tokenizer(model_id: str, tokenizer: Any) -> None:
+def check_tokenizer(model_id: str, tokenizer: Any, subfolder: str | None = "tokenizer") -> None:
     """Refuse the special-tokens-only tokenizer transformers returns (no error) when the files are missing."""
     if len(tokenizer) < 10:
-        raise WeightsUnavailableError(model_id, "tokenizer", f"tokenizer files missing (vocabulary of {len(tokenizer)})")
+        missing = missing_files(model_id, subfolder, "tokenizer")
+        where = "the local directory" if os.path.isdir(model_id) else "the local Hugging Face cache"
+        why = f"{', '.join(missing)} not in {where}" if missing else f"tokenizer files missing (vocabulary of {len(tokenizer)})"
+        raise WeightsUnavailableError(model_id, "tokenizer", why)
 
 
 def load_model_strict(cls: type, model_id: str, what: str, subfolder: str | None = None, **kwargs) -> torch.nn.Module:
