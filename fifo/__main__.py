@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import resource
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,10 +98,142 @@ def _run_context(device: str | None):
     return _SingleProcess(device)
 
 
+# Beyond any run that could finish; FIFO itself has no bound (a stopped run goes on with --resume).
+MAX_FRAMES = 10**9
+
+
+class _Stopper:
+    """SIGINT (Ctrl-C) and SIGTERM (`timeout`, `kill`): what a stop keeps depends on when it comes.
+
+    While frames are being made, the first signal stops the run after the step in progress, so the
+    video holds every frame stepped and the saved state continues exactly; a second stops at once
+    (the video keeps what was written, the state is not saved). Before that (loading the model),
+    a signal stops at once. The handler never interrupts a frame being handed to ffmpeg.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.graceful = False  # True while frames are being made
+        self.requested: int | None = None  # the signal that asked for a stop after this step
+        self.forced = False
+        self.last_signal = signal.SIGINT
+        self.critical = False  # inside a frame write or a save: a forced stop waits for its end
+        self._old: dict = {}
+
+    def __enter__(self) -> "_Stopper":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.last_signal = signum
+        if self.graceful and self.requested is None:
+            self.requested = signum  # seen by the engine's callback after the step in progress
+            return
+        self.forced = True
+        if not self.critical:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a forced stop came during a critical section."""
+        if self.forced:
+            raise KeyboardInterrupt
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal, as a shell reports a process the signal ended."""
+        return 128 + self.last_signal
+
+
+def _one_line_parse_error(parser: argparse.ArgumentParser):
+    """argparse prints its usage before an error; the command line's errors are one line each."""
+
+    def error(message: str):
+        print(f"error: {message} (see {parser.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    return error
+
+
+def _check_path(flag: str, path: Path) -> None:
+    """A file to be written at the end of the run: refuse now what would fail then."""
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; name a file in it")
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise ValueError(f"{flag} {path}: the folder {os.fspath(folder)!r} {what}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: the folder {os.fspath(folder)!r} is not writable")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{flag} {path}: exists and is not a regular file")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output checked before any work starts: a bad one would otherwise lose the whole run."""
+    if args.output.suffix.lower() != ".mp4":
+        raise ValueError(f"--output {args.output}: must end in .mp4")
+    _check_path("--output", args.output)
+    if args.save_state is not None:
+        _check_path("--save-state", args.save_state)
+        if args.save_state.resolve() == args.output.resolve():
+            raise ValueError(f"--save-state {args.save_state}: is also --output; the state would overwrite the video")
+        if args.prompt_file is not None and args.save_state.resolve() == args.prompt_file.resolve():
+            raise ValueError(f"--save-state {args.save_state}: is also --prompt-file; the state would overwrite it")
+    if args.resume is not None and args.resume.resolve() == args.output.resolve():
+        raise ValueError(f"--resume {args.resume}: is also --output; the video would overwrite the state")
+    if args.frames is not None and not 1 <= args.frames <= MAX_FRAMES:
+        shown = str(args.frames) if len(str(args.frames)) <= 20 else f"{str(args.frames)[:12]}... ({len(str(args.frames))} digits)"
+        raise ValueError(f"--frames {shown}: must be a whole number from 1 to {MAX_FRAMES:,}")
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have, before a model is loaded onto it."""
+    import torch
+
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r}: not a device; e.g. cpu, cuda, cuda:1, mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available here (no GPU, or torch built without CUDA); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def _environment_failure(e: BaseException) -> bool:
+    """Failures of the machine rather than of the input: ffmpeg, the output folder, missing weights."""
+    from .video import VideoError
+
+    unet3d = sys.modules.get("fifo.backbones.unet3d")  # imported only when a real model was asked for
+    return isinstance(e, VideoError) or (unet3d is not None and isinstance(e, unet3d.WeightsUnavailableError))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    parser.error = _one_line_parse_error(parser)
+    args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    with _Stopper() as stop:
+        try:
+            return _main(args, stop)
+        except KeyboardInterrupt:
+            print("error: stopped before the first frame; nothing written", file=sys.stderr)
+            return stop.exit_status
+
+
+def _main(args: argparse.Namespace, stop: _Stopper) -> int:
     import torch
 
     from . import FIFOConfig, FIFOState, load_backbone
@@ -110,14 +244,21 @@ def main(argv: list[str] | None = None) -> int:
         _list_backbones()
         return 0
     try:
-        state = FIFOState.load(args.resume) if args.resume else None
+        _check_outputs(args)
+        _check_device(args.device)
+        state = None
+        if args.resume is not None:
+            try:
+                state = FIFOState.load(args.resume)
+            except ValueError as e:
+                raise ValueError(f"--resume {args.resume}: {e}") from None
         if args.prompt_file is not None:
             if args.prompt is not None:
                 raise ValueError("give a prompt or --prompt-file, not both")
             try:
                 prompt = args.prompt_file.read_text()
-            except OSError as e:
-                raise ValueError(f"--prompt-file {args.prompt_file}: {e.strerror}") from None
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"--prompt-file {args.prompt_file}: {getattr(e, 'strerror', None) or 'not UTF-8 text'}") from None
         elif args.prompt is None:
             recorded = state.meta.get("prompt") if state is not None else None
             if recorded is None:
@@ -135,8 +276,6 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup,
             window_batch=args.window_batch,
         )
-        if args.output.suffix.lower() != ".mp4":
-            raise ValueError(f"--output {args.output}: must end in .mp4")
         dtype = getattr(torch, args.dtype) if args.dtype else None
         with _run_context(args.device) as dist:
             backbone = load_backbone(
@@ -147,21 +286,23 @@ def main(argv: list[str] | None = None) -> int:
             stream = dist.stream_class(backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state)
             cfg = stream.config
             num_frames = args.frames if args.frames is not None else 10 * cfg.fps
-            if num_frames < 1:
-                raise ValueError(f"--frames {num_frames}: must be >= 1")
-            frames = stream.frames(num_frames)
             if not dist.is_main:
-                for _ in frames:  # other ranks step in lockstep; rank 0 decodes and writes
-                    pass
+                for _ in stream.frames(num_frames, lambda info: stop.requested is not None):
+                    pass  # other ranks step in lockstep; rank 0 decodes and writes
                 return 0
-            return _write(stream, frames, num_frames, args, VideoWriter)
+            return _write(stream, num_frames, args, VideoWriter, stop)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError) as e:
+        if isinstance(e, OSError) or _environment_failure(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
-def _write(stream, frames, num_frames: int, args, VideoWriter) -> int:
-    """Stream frames into the MP4 with a progress bar; Ctrl-C keeps what was made."""
+def _write(stream, num_frames: int, args, VideoWriter, stop: _Stopper) -> int:
+    """Stream frames into the MP4 with a progress bar; a stop keeps what was made (see _Stopper)."""
     from tqdm import tqdm
 
     cfg = stream.config
@@ -175,35 +316,63 @@ def _write(stream, frames, num_frames: int, args, VideoWriter) -> int:
         **cfg.to_dict(),
     }
     start = time.perf_counter()
-    n, stopped = 0, False
+    n, noted = 0, False
     bar = tqdm(total=num_frames, unit="frame", disable=args.quiet, file=sys.stderr, desc="warming up")
+
+    def stop_after_step(info) -> bool:
+        nonlocal noted
+        if stop.requested is not None and not noted and not args.quiet:
+            bar.write("stopping after this step; signal again to stop at once (the state is then not saved)", file=sys.stderr)
+            noted = True
+        return stop.requested is not None
+
+    frames = stream.frames(num_frames, stop_after_step)
     writer = VideoWriter(args.output, cfg.fps, metadata={"comment": json.dumps(meta)})
     try:
         try:
+            stop.graceful = True
             for frame in frames:
                 if n == 0:
                     bar.set_description("frames")
+                stop.critical = True  # a frame is handed to ffmpeg whole or not at all
                 writer.write(frame)
                 n += 1
+                stop.critical = False
+                stop.check()
                 bar.update(1)
         except KeyboardInterrupt:
-            stopped = True
-        if n == 0:
+            pass
+        finally:
+            stop.graceful, stop.critical = False, True  # from here on a signal waits: finishing is quick
+            frames.close()
+        if n:
+            writer.close()
+        else:
             writer.abort()
-            print("error: stopped before the first frame; nothing written", file=sys.stderr)
-            return 130
-        writer.close()
     except BaseException:
         writer.abort()
         raise
     finally:
         bar.close()
+    stopped = n < num_frames
+    saved = ""
     if args.save_state:
-        stream.state().save(args.save_state)
+        if stop.forced:
+            saved = "; state not saved (stopped in the middle of a step)"
+        else:
+            try:
+                stream.state().save(args.save_state)
+            except OSError as e:
+                print(f"error: cannot save the state to {args.save_state}: {e.strerror or e}", file=sys.stderr)
+                return 1
+            saved = f"; state saved to {args.save_state}"
+    if n == 0:
+        print(f"error: stopped before the first frame; nothing written{saved}", file=sys.stderr)
+        return stop.exit_status
     secs = time.perf_counter() - start
     note = " (stopped early)" if stopped else ""
-    print(f"wrote {args.output}: {n} frames{note} in {secs:.1f} s, {secs / n:.3f} s/frame, {_peak_memory()}")
-    return 130 if stopped else 0
+    print(f"wrote {args.output}: {n} frames{note} in {secs:.1f} s, {secs / n:.3f} s/frame, {_peak_memory()}{saved}")
+    return stop.exit_status if stopped else 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import pickle
+import secrets
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -45,17 +49,137 @@ class FIFOState:
     meta: dict = field(default_factory=dict)  # what made it: {"prompt": schedule text, "negative_prompt": str}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the state to one file (torch.save of plain tensors, ints and strings)."""
-        torch.save(dataclasses.asdict(self), path)
+        """Write the state to one file (torch.save of plain tensors, ints and strings), atomically."""
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"cannot save a state to {os.fspath(path)!r}: it is a folder")
+        # A temporary file in the same folder, renamed into place: a kill mid-save leaves the old
+        # file (or none), never a truncated one.
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            torch.save(dataclasses.asdict(self), tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FIFOState":
-        """Read a state written by `save` (weights_only: a state file cannot run code)."""
+        """Read and check a state written by `save` (weights_only: a state file cannot run code).
+
+        Raises ValueError naming the first bad field; the message never holds the file's path.
+        """
         try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-            return cls(**d)
+            with warnings.catch_warnings():  # torch warns about pickle protocols: not the reader's concern
+                warnings.simplefilter("ignore")
+                d = torch.load(path, map_location="cpu", weights_only=True)
+        except OSError as e:
+            raise ValueError(f"cannot read the state file: {e.strerror or type(e).__name__}") from None
+        except pickle.UnpicklingError:  # torch's own text here advises allow-listing globals: never
+            raise ValueError("not a fifo state file: it holds objects other than tensors and plain values") from None
         except Exception as e:  # a truncated or foreign file: one clear line, not a pickle trace
-            raise ValueError(f"{os.fspath(path)!r} is not a fifo state file ({type(e).__name__}: {e})") from None
+            raise ValueError(f"not a fifo state file: it is not a complete torch.save file ({type(e).__name__})") from None
+        return cls(**_checked_state_fields(d))
+
+    def check_fits(self, backbone: Backbone) -> None:
+        """Raise ValueError unless this state's queue and frames fit `backbone` at the state's size."""
+        if self.backbone != backbone.name:
+            raise ValueError(f"state was made by backbone {self.backbone!r}, not {backbone.name!r}")
+        lh, lw = backbone.latent_size(self.height, self.width)
+        c = backbone.latent_channels
+        if tuple(self.queue.shape[:1]) + tuple(self.queue.shape[2:]) != (c, lh, lw):
+            raise ValueError(
+                f"state field 'queue': shape {tuple(self.queue.shape)} does not fit {backbone.name} at "
+                f"{self.width}x{self.height} (expected ({c}, slots, {lh}, {lw}))"
+            )
+
+
+_STATE_REQUIRED = ("queue", "step", "frames_emitted", "seed", "backbone", "config", "height", "width")
+_STATE_OPTIONAL = ("decoder_state", "pending", "meta")  # files from older versions may lack them
+# Config keys a state needs: the queue layout, and the video's frame rate.
+_STATE_CONFIG_REQUIRED = ("frames_per_window", "partitions", "lookahead", "eta", "guidance_scale", "fps", "warmup")
+
+
+def _checked_state_fields(d: object) -> dict[str, Any]:
+    """The fields of an untrusted state dict, each checked; ValueError naming the first bad one."""
+
+    def bad(name: str, problem: str) -> ValueError:
+        return ValueError(f"state field {name!r}: {problem}")
+
+    def int_in(name: str, lo: int, hi: int | None = None) -> int:
+        v = d[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v >= hi):
+            allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi})"
+            raise bad(name, f"must be {allowed}, got {_short(v)}")
+        return v
+
+    if not isinstance(d, dict):
+        raise ValueError(f"not a fifo state file: it holds a {type(d).__name__}, not a dict of fields")
+    if missing := [k for k in _STATE_REQUIRED if k not in d]:
+        raise bad(missing[0], "missing")
+    if unknown := sorted(str(k) for k in d if k not in _STATE_REQUIRED + _STATE_OPTIONAL):
+        raise ValueError(f"state field {unknown[0][:80]!r}: unknown; allowed are {list(_STATE_REQUIRED + _STATE_OPTIONAL)}")
+    int_in("step", 0)
+    int_in("frames_emitted", 0)
+    int_in("seed", 0, 2**63)
+    height, width = int_in("height", 1, 2**16), int_in("width", 1, 2**16)
+    if not isinstance(d["backbone"], str) or not d["backbone"]:
+        raise bad("backbone", f"must be a backbone name, got {_short(d['backbone'])}")
+
+    cfg = d["config"]
+    if not isinstance(cfg, dict):
+        raise bad("config", f"must be a dict of settings, got {type(cfg).__name__}")
+    if missing := [k for k in _STATE_CONFIG_REQUIRED if k not in cfg]:
+        raise bad("config", f"missing setting {missing[0]!r}")
+    known = {f.name for f in dataclasses.fields(FIFOConfig)}
+    if unknown := sorted(str(k) for k in cfg if k not in known):
+        raise bad("config", f"unknown setting {unknown[0][:80]!r}")
+    try:
+        config = FIFOConfig(**cfg)
+    except ValueError as e:
+        raise bad("config", str(e)) from None
+    if missing := [k for k in _STATE_CONFIG_REQUIRED if getattr(config, k) is None]:
+        raise bad("config", f"setting {missing[0]!r} is None; a state records resolved settings")
+
+    q = d["queue"]
+    if not isinstance(q, torch.Tensor) or not q.is_floating_point():
+        raise bad("queue", f"must be a floating-point tensor, got {_short(q)}")
+    if q.ndim != 4 or q.shape[1] != config.num_slots or 0 in q.shape:
+        raise bad(
+            "queue",
+            f"must have shape (C, {config.num_slots}, lh, lw) for frames_per_window={config.frames_per_window}, "
+            f"partitions={config.partitions}, lookahead={config.lookahead}; got {tuple(q.shape)}",
+        )
+    if not torch.isfinite(q).all():
+        raise bad("queue", "holds NaN or infinite values")
+
+    out = {k: d[k] for k in _STATE_REQUIRED}
+    dec = d.get("decoder_state", {})
+    if not isinstance(dec, dict) or not all(isinstance(k, str) for k in dec):
+        raise bad("decoder_state", f"must be a dict with string keys, got {_short(dec)}")
+    out["decoder_state"] = dec
+    pending = d.get("pending")
+    if pending is not None:
+        if not isinstance(pending, torch.Tensor) or pending.dtype != torch.uint8:
+            raise bad("pending", f"must be a uint8 tensor of frames, got {_short(pending)}")
+        if pending.ndim != 4 or pending.shape[1:] != (height, width, 3):
+            raise bad("pending", f"must have shape (N, {height}, {width}, 3), got {tuple(pending.shape)}")
+    out["pending"] = pending
+    meta = d.get("meta", {})
+    if not isinstance(meta, dict):
+        raise bad("meta", f"must be a dict, got {type(meta).__name__}")
+    for k in ("prompt", "negative_prompt"):
+        if k in meta and not isinstance(meta[k], str):
+            raise bad("meta", f"{k!r} must be a string, got {_short(meta[k])}")
+    out["meta"] = meta
+    return out
+
+
+def _short(v: object) -> str:
+    """A value for a message: tensors by dtype and shape, anything else as a clipped repr."""
+    if isinstance(v, torch.Tensor):
+        return f"a {v.dtype} tensor of shape {tuple(v.shape)}"
+    text = repr(v)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def latents_for_frames(num_frames: int, temporal_compression: int) -> int:
@@ -120,8 +244,7 @@ class FIFOStream:
 
     def _check_resume(self, state: FIFOState, config: FIFOConfig, seed, height, width):
         """Take the layout, seed and size from the state; refuse a request that contradicts it."""
-        if state.backbone != self.backbone.name:
-            raise ValueError(f"state was made by backbone {state.backbone!r}, not {self.backbone.name!r}")
+        state.check_fits(self.backbone)
         for name, given, saved in (("seed", seed, state.seed), ("height", height, state.height), ("width", width, state.width)):
             if given is not None and given != saved:
                 raise ValueError(f"{name}={given!r} contradicts the state being continued ({name}={saved!r})")

@@ -24,7 +24,8 @@ from typing import IO, Iterable
 import imageio_ffmpeg
 import numpy as np
 
-__all__ = ["VideoError", "VideoWriter", "ChunkWriter", "write_video", "read_video", "probe_video"]
+__all__ = ["VideoError", "VideoWriter", "ChunkWriter", "write_video", "read_video", "probe_video", "check_metadata",
+           "format_ffmetadata", "ffmpeg_popen_options"]
 
 
 class VideoError(RuntimeError):
@@ -63,21 +64,60 @@ _MP4_TAGS = {"title", "artist", "album", "album_artist", "comment", "description
              "copyright", "composer", "grouping", "lyrics", "encoder"}
 
 
+def check_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
+    """A copy of `metadata` after checking it can be stored; ValueError naming the first bad entry."""
+    for k, v in (metadata or {}).items():
+        if not isinstance(k, str) or not k or "=" in k or not isinstance(v, str):
+            raise ValueError(f"metadata must map names without '=' to strings, got {k!r}: {v!r:.80}")
+        for what, text in (("name", k), ("value", v)):
+            if "\0" in text:  # C strings end there: ffmpeg would silently cut the value short
+                raise ValueError(f"metadata {k!r:.80}: its {what} holds a NUL byte, which a video's metadata cannot store")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"metadata {k!r:.80}: its {what} is not valid Unicode ({e.reason})") from None
+    if sum(v.endswith("\\") for v in (metadata or {}).values()) > 1:  # see format_ffmetadata
+        raise ValueError("metadata: at most one value may end with a backslash")
+    return dict(metadata or {})
+
+
+def format_ffmetadata(metadata: dict[str, str]) -> str:
+    """The global tags of `metadata` as an ffmetadata file, ffmpeg's side channel for tags of any length.
+
+    Passing tags as `-metadata k=v` arguments puts them in ffmpeg's argv, which the OS caps (about
+    128 KiB per argument on Linux) and which cannot hold a NUL byte.
+    """
+    escape = lambda t: re.sub(r"([=;#\\\n\r])", r"\\\1", t)  # \r too: the reader ends lines there as well
+    # ffmpeg's reader takes any newline after a backslash as escaped, even after an escaped
+    # backslash, so a value ending in one goes last, ended by the end of the file.
+    items = sorted(check_metadata(metadata).items(), key=lambda kv: kv[1].endswith("\\"))
+    return ";FFMETADATA1" + "".join(f"\n{escape(k)}={escape(v)}" for k, v in items) + ("" if items and items[-1][1].endswith("\\") else "\n")
+
+
+def ffmpeg_popen_options() -> dict:
+    """Popen keywords for an ffmpeg child that must outlive a terminal's Ctrl-C to finish its file.
+
+    Ctrl-C signals the terminal's whole foreground process group; in a session of its own, ffmpeg
+    only stops when its stdin closes, so the writer can still finish a valid file of what was made.
+    """
+    return {"start_new_session": True} if os.name == "posix" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+
+
 class VideoWriter:
     """An H.264 / yuv420p MP4 written incrementally and renamed into place on a successful close."""
 
     def __init__(self, path: str | os.PathLike, fps: float, metadata: dict[str, str] | None = None,
                  crf: int = 18, preset: str = "medium") -> None:
         """Open a writer (the folder must exist); the frame size is fixed by the first frame."""
-        for k, v in (metadata or {}).items():
-            if not isinstance(k, str) or not k or "=" in k or not isinstance(v, str):
-                raise ValueError(f"metadata must map names without '=' to strings, got {k!r}: {v!r}")
-        self.path, self.fps, self.metadata = Path(path), _fps(fps), dict(metadata or {})
+        self.path, self.fps, self.metadata = Path(path), _fps(fps), check_metadata(metadata)
         self.crf, self.preset, self.frames_written = int(crf), preset, 0
         self._size: tuple[int, int] | None = None
         self._proc: subprocess.Popen | None = None
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe stalls ffmpeg
         self._state = "aborted"  # until the temp file exists, so __del__ has nothing to clean
+        self._meta_file: Path | None = None
+        if self.path.is_dir():  # found now, not at the final rename after the whole run
+            raise VideoError(f"cannot write a video to {self.path}: it is a folder")
         # Same folder, so the final rename is atomic; created now so an unwritable folder fails here.
         self._tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
         try:
@@ -94,14 +134,18 @@ class VideoWriter:
 
     def _start(self, w: int, h: int) -> None:
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", str(self.fps),
-               "-i", "pipe:0", "-an", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
-               "-pix_fmt", "yuv420p", *_fps_mode_args()]
-        for k, v in self.metadata.items():
-            cmd += ["-metadata", f"{k}={v}"]
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", str(self.fps), "-i", "pipe:0"]
+        if self.metadata:  # a side file, never argv: see format_ffmetadata
+            fd, name = tempfile.mkstemp(prefix="fifo-meta-", suffix=".txt")
+            self._meta_file = Path(name)
+            with open(fd, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(format_ffmetadata(self.metadata))
+            cmd += ["-f", "ffmetadata", "-i", name, "-map", "0:v", "-map_metadata", "1"]
+        cmd += ["-an", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
+                *_fps_mode_args()]
         try:
             self._proc = subprocess.Popen(cmd + self._format_args() + [str(self._tmp)], stdin=subprocess.PIPE,
-                                          stdout=subprocess.DEVNULL, stderr=self._stderr)
+                                          stdout=subprocess.DEVNULL, stderr=self._stderr, **ffmpeg_popen_options())
         except OSError as e:
             self._fail(f"cannot start ffmpeg: {e}")
 
@@ -118,6 +162,12 @@ class VideoWriter:
             self._proc.wait()
             with contextlib.suppress(OSError):  # the pipe is broken if ffmpeg died; nothing to flush
                 self._proc.stdin.close()
+        self._drop_meta_file()
+
+    def _drop_meta_file(self) -> None:
+        if self._meta_file is not None:
+            self._meta_file.unlink(missing_ok=True)
+            self._meta_file = None
 
     def write(self, frame: np.ndarray) -> None:
         """Append one uint8 (H, W, 3) RGB frame."""
@@ -146,7 +196,9 @@ class VideoWriter:
             raise VideoError(f"{self.path}: no frames were written")
         with contextlib.suppress(OSError):  # a broken pipe shows up as ffmpeg's exit status below
             self._proc.stdin.close()
-        if (rc := self._proc.wait()) != 0:
+        rc = self._proc.wait()
+        self._drop_meta_file()
+        if rc != 0:
             self._fail(f"ffmpeg exited with status {rc}")
         try:
             os.replace(self._tmp, self.path)
