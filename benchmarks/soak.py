@@ -10,7 +10,9 @@ TMPDIR and GRADIO_TEMP_DIR pointed at fresh folders, so the app's scratch space 
 is `--runs / 4` sequential runs from one client (one session, as a visitor pressing Generate again
 and again), then one wave of `--clients` fresh clients at once (new sessions, the crowd). After a
 first warm-up run and after each quarter it prints the server's resident set (RSS), its open file
-descriptors, threads and child processes, and the bytes under both folders. The verdict compares
+descriptors, threads and child processes, and the bytes under both folders; the RSS is split by
+kind of mapping (glibc's main heap, its other arenas, other anonymous memory, mapped files) to show
+where growth comes from. The verdict compares
 RSS at the end with RSS at the half: a server that keeps a public Space up for days must level off
 (target: under 2% growth over the second half). It stops by itself: after the last quarter, or when
 `--max-minutes` runs out (then it reports the quarters it finished).
@@ -100,6 +102,26 @@ def proc_status(pid: int) -> dict[str, int]:
     }
 
 
+def memory_map(pid: int) -> dict[str, int]:
+    """Resident bytes by kind of mapping: glibc's main heap, its other arenas, other anonymous memory, files."""
+    kinds = {"heap": 0, "arenas": 0, "anon": 0, "files": 0}
+    kind = None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            start = int(head[0].split("-")[0], 16)
+            name = head[5].strip() if len(head) > 5 else ""
+            if name == "[heap]":
+                kind = "heap"
+            elif name == "":  # a non-main arena is a heap of 64 MiB aligned to its size (glibc's HEAP_MAX_SIZE)
+                kind = "arenas" if start % (64 * MiB) == 0 else "anon"
+            else:
+                kind = "files" if name.startswith("/") else None
+        elif line.startswith("Rss:") and kind is not None:
+            kinds[kind] += int(line.split()[1]) * 1024
+    return kinds
+
+
 class Server:
     """The app in its own process, with its scratch folders under `work`."""
 
@@ -130,6 +152,7 @@ class Server:
     def sample(self) -> dict[str, int]:
         """The server's process figures and its disk use."""
         s = proc_status(self.proc.pid)
+        s.update(memory_map(self.proc.pid))
         s["app_disk"] = folder_bytes(self.tmp, skip=self.cache)
         s["gradio_disk"] = folder_bytes(self.cache)
         return s
@@ -227,10 +250,12 @@ def main() -> None:
     print(f"### Soak: {APP['endpoint']} {APP['params']} (toy), {args.runs // 4} sequential runs + "
           f"{args.clients} concurrent clients per quarter{'; server env ' + ' '.join(args.env) if args.env else ''}")
     print()
-    print("| point | runs | server RSS (MiB) | open fds | threads | children | app temp (MiB) | Gradio cache (MiB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| point | runs | server RSS (MiB) | of it: main heap / other arenas / other anon / files | open fds | "
+          "threads | children | app temp (MiB) | Gradio cache (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, n, s, _ in rows:
-        print(f"| {name} | {n} | {s['rss'] / MiB:.1f} | {s['fds']} | {s['threads']} | {s['children']} | "
+        parts = " / ".join(f"{s[k] / MiB:.0f}" for k in ("heap", "arenas", "anon", "files"))
+        print(f"| {name} | {n} | {s['rss'] / MiB:.1f} | {parts} | {s['fds']} | {s['threads']} | {s['children']} | "
               f"{s['app_disk'] / MiB:.2f} | {s['gradio_disk'] / MiB:.2f} |")
     print()
     if times:
