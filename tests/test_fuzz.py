@@ -58,6 +58,8 @@ RAW_EXCEPTION = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b|Something went 
 CALL_TIMEOUT = 30.0  # a case still running after this is stopped and reported
 WORKERS = 4
 HUGE_TEXT = "x" * 200_000
+NUL_PROMPT = "a red ball\x00 moving right"  # a prompt the toy accepts but for the NUL byte
+LONG_PROMPT = ("a red ball moving right " * 41).strip()  # 983 characters of words the toy knows
 
 
 def _free_port() -> int:
@@ -265,7 +267,7 @@ GENERIC = {  # every input gets these
     "None": None,
     "list for a scalar": ["a", "b"],
     "dict": {"a": 1},
-    "NUL bytes": "a\x00b",
+    "NUL bytes": NUL_PROMPT,
     "huge text": HUGE_TEXT,
 }
 NUMERIC = {
@@ -286,7 +288,7 @@ BY_TYPE: dict[str, dict[str, Any]] = {
     "radio": {"not a choice": "banana", "number": 3},
     "checkbox": {"word": "yes", "number": 2},
     "textbox": {"number": 12345, "empty": "", "spaces": "   ", "markdown link": "[x](https://example.com) <img src=x>",
-                "non-ASCII only": "红色的球向右移动"},
+                "non-ASCII only": "红色的球向右移动", "long": LONG_PROMPT},
     "api": {"number": 12345, "empty": "", "markdown link": "?prompt=[x](https://e.com)&seed=<img src=x>",
             "10**400 in a link": "?frames=" + "9" * 400, "NUL in a link": "?prompt=a%00b"},
     "dataframe": {
@@ -295,8 +297,8 @@ BY_TYPE: dict[str, dict[str, Any]] = {
         "wrong widths": {"headers": ["from frame", "prompt"], "data": [[1], [2, "a", "b"]]},
         "1e308 frame": {"headers": ["from frame", "prompt"], "data": [[1e308, "a red ball"]]},
         "negative frame": {"headers": ["from frame", "prompt"], "data": [[-5, "a red ball"]]},
-        "NUL prompt": {"headers": ["from frame", "prompt"], "data": [[0, "a\x00b"]]},
-        "many long rows": {"headers": ["from frame", "prompt"], "data": [[i, "y" * 1000] for i in range(64)]},
+        "NUL prompt": {"headers": ["from frame", "prompt"], "data": [[0, NUL_PROMPT]]},
+        "many long rows": {"headers": ["from frame", "prompt"], "data": [[2 * i, LONG_PROMPT] for i in range(64)]},
     },
 }
 FILE_TYPES = ("file", "video", "image", "audio", "model3d", "uploadbutton")
