@@ -8,6 +8,14 @@ time goes to them (`benchmarks/speed.py --only cpualloc`). Serving blocks up to 
 heap and keeping up to 256 MiB of it once freed brings that to 0. The maths is untouched; the
 process keeps at most 256 MiB more than it uses, which is why this is a call and not an import
 side effect. GPU runs do not need it; other C libraries (musl, macOS) are left alone.
+
+Both thresholds hold per malloc arena, and glibc gives each new thread its own arena (up to 8 per
+core). A threaded server (Gradio runs each request in a worker thread) would so keep up to 256 MiB
+of freed memory per arena, and its resident size would creep up as requests land on fresh threads.
+The call therefore also caps the arenas (`max_arenas`, default 1: the denoising loop is one thread
+at a time; torch's own worker threads barely allocate): a single pool that every thread reuses.
+It must come before the process has made nine arenas (glibc fixes its own cap then); the CLI and
+the app call it at start-up.
 """
 
 from __future__ import annotations
@@ -16,14 +24,17 @@ import ctypes
 import ctypes.util
 import sys
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters (malloc.h)
 
 
-def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 << 20) -> bool:
-    """Make glibc serve blocks under `mmap_threshold` from the heap and keep `trim_threshold` of freed heap; True if set.
+def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 << 20, max_arenas: int | None = 1) -> bool:
+    """Make glibc serve blocks under `mmap_threshold` from the heap, keep `trim_threshold` of freed heap, use at most `max_arenas` arenas; True if set.
 
     Process-wide and lasting: call it once, early, in a program that runs the model on the CPU.
+    `max_arenas=None` leaves glibc's arena count alone.
     """
+    if max_arenas is not None and (isinstance(max_arenas, bool) or not isinstance(max_arenas, int) or max_arenas < 1):
+        raise ValueError(f"max_arenas={max_arenas!r}: must be a whole number >= 1, or None for glibc's default")
     if not sys.platform.startswith("linux"):
         return False
     name = ctypes.util.find_library("c") or "libc.so.6"
@@ -34,4 +45,7 @@ def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) and mallopt(M_TRIM_THRESHOLD, int(trim_threshold)))
+    ok = mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) and mallopt(M_TRIM_THRESHOLD, int(trim_threshold))
+    if max_arenas is not None:
+        ok = ok and mallopt(M_ARENA_MAX, max_arenas)
+    return bool(ok)

@@ -142,3 +142,58 @@ def test_keep_freed_memory_stops_the_page_faults_of_every_step():
     assert runs["tuned"][0] is True
     assert runs["default"][1] > 10, runs  # the problem is there to solve (glibc's defaults)
     assert runs["tuned"][1] <= 0.1 * runs["default"][1], runs  # ~360 per step -> 0 here
+
+
+_ARENA_CHILD = r"""
+import ctypes, json, os, sys, tempfile, threading
+sys.path.insert(0, sys.argv[2])
+import torch
+from fifo.cpu import keep_freed_memory
+made = None if sys.argv[1] == "default" else keep_freed_memory()
+start = threading.Barrier(8)
+
+def work():
+    start.wait()  # all eight alive at once: none can inherit a finished thread's arena
+    for _ in range(20):
+        x = torch.ones(256, 1024)  # 1 MiB from this thread's arena
+        del x
+
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+path = os.path.join(tempfile.mkdtemp(), "info.xml")
+fp = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, fp)
+libc.fclose(fp)
+print(json.dumps({"set": made, "arenas": open(path).read().count("<heap nr=")}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_keeps_one_arena_for_all_threads():
+    """A threaded server must not keep its freed memory once per thread's arena: the call caps them at one."""
+    import json
+
+    arenas = {}
+    for mode in ("default", "tuned"):
+        out = subprocess.run([sys.executable, "-c", _ARENA_CHILD, mode, str(Path(__file__).resolve().parents[1])],
+                             capture_output=True, text=True, check=True, timeout=300)
+        arenas[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert arenas["tuned"]["set"] is True
+    assert arenas["default"]["arenas"] >= 4, arenas  # glibc's default: a fresh arena per new thread
+    assert arenas["tuned"]["arenas"] == 1, arenas
+
+
+def test_keep_freed_memory_refuses_a_bad_arena_count():
+    from fifo.cpu import keep_freed_memory
+
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match=f"max_arenas={bad!r}"):
+            keep_freed_memory(max_arenas=bad)
