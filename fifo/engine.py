@@ -56,8 +56,13 @@ class FIFOState:
         # A temporary file in the same folder, renamed into place: a kill mid-save leaves the old
         # file (or none), never a truncated one.
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        with open(tmp, "xb") as fh:  # an OSError (no such folder, no permission) before anything is written
+            try:
+                torch.save(dataclasses.asdict(self), fh)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         try:
-            torch.save(dataclasses.asdict(self), tmp)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

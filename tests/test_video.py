@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 from fractions import Fraction
@@ -212,3 +213,60 @@ def test_many_frames_stream_through(tmp_path):
         assert w.frames_written == len(written)  # each frame goes to ffmpeg as it arrives
     w.close()
     assert probe_video(tmp_path / "long.mp4")["frames"] == 600
+
+
+def test_metadata_of_any_length_travels_outside_argv(tmp_path, monkeypatch):
+    schedule = "\n".join(f"{i * 10}: " + "a red ball moving right "[i % 5:] * 60 for i in range(64))  # 64 x ~1,400
+    chinese = "\n".join(f"{i * 10}: " + "红色的球向右移动" * 125 for i in range(16))  # 16 x 1,000 Chinese characters
+    meta = {"comment": json.dumps({"prompt": schedule, "zh": chinese}, ensure_ascii=False), "fifo": "x" * 300_000,
+            "title": chinese, "album": "ends in a backslash \\"}
+    argv = []
+    real_popen = video.subprocess.Popen
+    monkeypatch.setattr(video.subprocess, "Popen", lambda cmd, **kw: argv.append(cmd) or real_popen(cmd, **kw))
+    write_video(tmp_path / "long.mp4", [frame(i) for i in range(3)], fps=8, metadata=meta)
+    assert sum(len(a) for a in argv[0]) < 2000  # over 128 KiB in one argument fails with E2BIG
+    info = probe_video(tmp_path / "long.mp4")
+    assert info["frames"] == 3 and {k: info["tags"].get(k) for k in meta} == meta
+    assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]
+
+
+def test_metadata_that_cannot_be_stored_is_refused_before_any_file(tmp_path):
+    for meta, message in [({"comment": "a\0b"}, "'comment': its value holds a NUL byte"),
+                          ({"t\0": "x"}, "its name holds a NUL byte"),
+                          ({"comment": "\udcff"}, "'comment': its value is not valid Unicode"),
+                          ({"title": "a\\", "album": "b\\"}, "at most one value may end with a backslash"),
+                          ({"a=b": "x"}, "names without '='")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            VideoWriter(tmp_path / "out.mp4", fps=8, metadata=meta)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_format_ffmetadata_escapes_and_orders():
+    assert video.format_ffmetadata({"title": "a=b;c#d\\e\nf\rg", "comment": "x\\", "k": ""}) == (
+        ";FFMETADATA1\ntitle=a\\=b\\;c\\#d\\\\e\\\nf\\\rg\nk=\ncomment=x\\\\"  # ends with the backslash value, no newline
+    )
+
+
+def test_a_folder_as_the_output_is_refused_at_once(tmp_path):
+    (tmp_path / "out.mp4").mkdir()
+    with pytest.raises(VideoError, match="it is a folder"):
+        VideoWriter(tmp_path / "out.mp4", fps=8)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+
+
+def test_ffmpeg_runs_in_a_session_of_its_own(tmp_path):
+    """Ctrl-C signals the terminal's foreground process group; ffmpeg must not be in it (tests/test_signals.py
+    sends that signal to a whole CLI run)."""
+    import os
+
+    if os.name != "posix":
+        pytest.skip("POSIX sessions")
+    w = VideoWriter(tmp_path / "out.mp4", fps=8, metadata={"comment": "c"})
+    w.write(frame(0))
+    assert os.getsid(w._proc.pid) == w._proc.pid != os.getsid(0)
+    assert os.getpgid(w._proc.pid) != os.getpgid(0)
+    meta_file = w._meta_file
+    assert meta_file.exists()
+    w.close()
+    assert probe_video(tmp_path / "out.mp4")["frames"] == 1
+    assert not meta_file.exists() and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
