@@ -29,13 +29,14 @@ NAMES = [n for n, s in fifo.BACKBONES.items() if s.model_id is not None]
 
 LOAD = """
 import json, sys, time
-import fifo
+import fifo, torch
+torch.set_num_threads(1)  # tiny models: threads cost more than they give
 out = []
 for name in sys.argv[1].split(","):
     t = time.time()
     try:
         bb = fifo.load_backbone(name, device="cpu", **json.loads(sys.argv[2]))
-        cfg = fifo.FIFOConfig(partitions=1, lookahead=False)
+        cfg = fifo.FIFOConfig(frames_per_window=4, partitions=1, lookahead=False)
         frames = list(fifo.generate(bb, "a red ball moving right", 3, config=cfg, height=64, width=64, seed=1))
         out.append({"name": name, "ok": True, "frames": [list(f.shape) + [str(f.dtype)] for f in frames],
                     "flow_shift": getattr(bb, "flow_shift", None), "fps_condition": getattr(bb, "fps_condition", None),
