@@ -438,7 +438,8 @@ def test_every_endpoint_refuses_bad_input_clearly(server, uploads):
             if e["fn_index"] in after and not after[e["fn_index"]]["ok"]]
     assert not (work / "pwned").exists(), "a malicious pickle ran on the server"
 
-    not_valid = [e["name"] for e in eps if e["fn_index"] not in valid_before]
+    not_valid = [f"{e['name']} ({r['message']!r:.120})" for (e, case, _), r in zip(jobs, results)
+                 if case == "valid call" and not r["ok"]]
     summary = (f"{len(eps)} endpoints ({len(private)} private: {', '.join(private)}), {len(jobs)} calls in "
                f"{elapsed:.0f} s: {ok} succeeded, {refused} refused clearly, {len(offending)} offending; "
                f"valid call refused for: {', '.join(not_valid) or 'none'}")
