@@ -14,8 +14,9 @@ core). A threaded server (Gradio runs each request in a worker thread) would so 
 once per arena, and its resident size creeps up as requests land on threads with other arenas:
 `benchmarks/soak.py --runs 40 --clients 2 --set height=128 --set width=128 --set partitions=4
 --set lookahead=on` (the app on the toy, a shared 2-core machine) measured the non-main arenas at
-27 -> 66 MiB over 49 runs and RSS +2.1% over the second half; capped at one arena, +0.9%, the
-main heap flat after the first quarter. So the call also caps the arenas (`max_arenas`, default 1:
+27 -> 66 MiB over 49 runs and RSS +2.1% over the second half; capped at one arena when the app
+starts serving, +0.9% (the arenas made during imports stay: 20 -> 30 MiB); capped from the
+process's start (`--env MALLOC_ARENA_MAX=1`), +0.7%, no other arena, 26 MiB less RSS at the end. So the call also caps the arenas (`max_arenas`, default 1:
 the app runs one job at a time, and each thread keeps its own lock-free cache of small blocks). glibc fixes its own cap once a process has made nine
 arenas, and arenas made before the call stay: call it first thing, before importing libraries that
 start threads.
