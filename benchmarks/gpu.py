@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py                 # CUDA, bf16, the five real models at their defaults
     python benchmarks/gpu.py --models videocrafter2 --variants default,compile
-    python benchmarks/gpu.py --smoke         # CPU, fp32, widths / 8 and 64x64 pixels: checks the script
+    python benchmarks/gpu.py --smoke         # CPU, fp32, widths / 8, 64x64, f = 4: checks the script
 
 Each model is built from the public configs in `tests/fixtures/hub/` (no download: random weights,
 initialised directly on the device) and run through `FIFOStream` at the registry's default size
@@ -98,7 +98,7 @@ def run_one(name: str, variant: str, args, device: torch.device, dtype: torch.dt
     apply_gpu_options(bb, channels_last=variant == "channels_last", compile=variant == "compile")
     d = bb.defaults
     h, w = (64, 64) if args.smoke else (d.height, d.width)
-    cfg = FIFOConfig(partitions=1, lookahead=False) if args.smoke else FIFOConfig()
+    cfg = FIFOConfig(frames_per_window=4, partitions=1, lookahead=False) if args.smoke else FIFOConfig()
     tc = bb.temporal_compression
     counters = Counters(bb)
     if device.type == "cuda":
@@ -147,7 +147,7 @@ def run_one(name: str, variant: str, args, device: torch.device, dtype: torch.dt
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints Markdown tables."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="CPU, fp32, widths / 8, 64x64, n=1: checks that the script runs")
+    p.add_argument("--smoke", action="store_true", help="CPU, fp32, widths / 8, 64x64, f=4, n=1: checks that the script runs")
     p.add_argument("--models", default=",".join(real_models()), help="comma-separated registry names")
     p.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} (default: all; smoke: default)")
     p.add_argument("--steps", type=int, default=None, help="steady steps of the short run (the long one is 4x; default 4, smoke 1)")
@@ -186,13 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} {variant}: {rows[-1][2]} s/frame", file=sys.stderr)
             if "flops/frame" in r:
                 tf = r["flops/frame"] / 1e12
-                est = f"{tf / (peak * args.mfu):.3f}" if peak else "n/a (peak unknown)"
+                est = f"{tf / (peak * args.mfu):.3g}" if peak else "n/a (peak unknown)"
                 a6000 = tf / (PEAK_TFLOPS["A6000"] * args.mfu)
-                est_rows.append([name, f"{tf:.2f}", est, f"{a6000:.2f}"])
+                est_rows.append([name, f"{tf * 1e3:.4g}", est, f"{a6000:.3g}"])
     print(table(["model", "variant", "s/frame", "first s", "calls/frame", "forward %", "peak GB (short / 4x)", "run"], rows))
     print()
     print(f"FLOP-based estimate at {args.mfu:.0%} of the dense bf16 peak ({gpu}: {peak or 'unknown'} TFLOP/s; A6000: {PEAK_TFLOPS['A6000']}):")
-    print(table(["model", "TFLOP per frame", f"est. s/frame here", "est. s/frame on an A6000"], est_rows))
+    print(table(["model", "GFLOP per frame", "est. s/frame here", "est. s/frame on an A6000"], est_rows))
     print(f"\nFIFO-Diffusion paper: {PAPER_S_PER_FRAME} s per frame, VideoCrafter2 on one A6000.")
     print(f"Total {time.perf_counter() - t0:.0f} s.")
     return 0

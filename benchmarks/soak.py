@@ -3,6 +3,7 @@
     nice -n 10 python benchmarks/soak.py                    # 4 quarters of 60 sequential runs + 4 concurrent clients
     nice -n 10 python benchmarks/soak.py --runs 100 --clients 2 --max-minutes 10
     nice -n 10 python benchmarks/soak.py --env MALLOC_ARENA_MAX=1   # an environment variable for the server only
+    nice -n 10 python benchmarks/soak.py --set height=128 --set width=128 --set partitions=4   # bigger runs
 
 The app runs as its own process (`app.launch`, the toy backbone, 127.0.0.1 on a free port) with
 TMPDIR and GRADIO_TEMP_DIR pointed at fresh folders, so the app's scratch space and Gradio's cache
@@ -182,11 +183,16 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4, help="concurrent fresh clients once per quarter")
     ap.add_argument("--max-minutes", type=float, default=45.0, help="stop after the quarter running at this time")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra environment for the server")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override one run parameter of the table (an integer where it parses as one)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (server log, files)")
     args = ap.parse_args()
     if args.runs < 4 or args.clients < 0:
         ap.error(f"--runs must be at least 4 (got {args.runs}) and --clients at least 0 (got {args.clients})")
     env = dict(e.split("=", 1) for e in args.env)
+    for item in args.set:
+        name, _, value = item.partition("=")
+        APP["params"][name] = int(value) if value.lstrip("-").isdigit() else value
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from gradio_client import Client

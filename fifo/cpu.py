@@ -10,12 +10,17 @@ process keeps at most 256 MiB more than it uses, which is why this is a call and
 side effect. GPU runs do not need it; other C libraries (musl, macOS) are left alone.
 
 Both thresholds hold per malloc arena, and glibc gives each new thread its own arena (up to 8 per
-core). A threaded server (Gradio runs each request in a worker thread) would so keep up to 256 MiB
-of freed memory per arena, and its resident size would creep up as requests land on fresh threads.
-The call therefore also caps the arenas (`max_arenas`, default 1: the denoising loop is one thread
-at a time; torch's own worker threads barely allocate): a single pool that every thread reuses.
-It must come before the process has made nine arenas (glibc fixes its own cap then); the CLI and
-the app call it at start-up.
+core). A threaded server (Gradio runs each request in a worker thread) would so keep freed memory
+once per arena, and its resident size creeps up as requests land on threads with other arenas:
+`benchmarks/soak.py --runs 40 --clients 2 --set height=128 --set width=128 --set partitions=4
+--set lookahead=on` (the app on the toy, a shared 2-core machine) measured the non-main arenas at
+27 -> 66 MiB over 49 runs and RSS +2.1% over the second half; capped at one arena when the app
+starts serving, +0.9% (the arenas made during imports stay: 20 -> 30 MiB); capped from the
+process's start (`--env MALLOC_ARENA_MAX=1`), +0.7%, no other arena, 26 MiB less RSS at the end.
+So the call also caps the arenas (`max_arenas`, default 1: the app runs one job at a time, and
+each thread keeps its own lock-free cache of small blocks). glibc fixes its own cap once a process
+has made nine arenas, and arenas made before the call stay: call it first thing, before importing
+libraries that start threads.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt 
 
 
 def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 << 20, max_arenas: int | None = 1) -> bool:
-    """Make glibc serve blocks under `mmap_threshold` from the heap, keep `trim_threshold` of freed heap, use at most `max_arenas` arenas; True if set.
+    """Serve blocks under `mmap_threshold` from the heap, keep `trim_threshold` freed, use `max_arenas` arenas; True if set.
 
     Process-wide and lasting: call it once, early, in a program that runs the model on the CPU.
     `max_arenas=None` leaves glibc's arena count alone.

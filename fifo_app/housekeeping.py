@@ -214,7 +214,7 @@ def state_file_bytes(
     decoder_bytes: int = 0,
     overhead: int = 64 * 1024,
 ) -> int:
-    """Upper bound of a saved FIFOState's size: float32 queue (C, slots, lh, lw), uint8 pending frames, decoder cache, overhead."""
+    """Upper bound of a saved FIFOState's size: float32 queue (C, slots, lh, lw), uint8 pending frames, the rest."""
     lh, lw = latent_hw
     h, w = frame_hw
     return 4 * latent_channels * slots * lh * lw + 3 * h * w * pending_frames + decoder_bytes + overhead
@@ -230,7 +230,7 @@ TOY_MAX_PIXELS = 512 * 512
 
 
 def upload_limit(decoder_bytes: int = 0) -> int:
-    """The largest state file the app can write: over every family at its largest settings, plus a decoder cache of `decoder_bytes`."""
+    """The largest state file the app can write: any family at its largest settings, plus `decoder_bytes` of decoder cache."""
     sizes = []
     for name, (channels, down, f, per_latent) in FAMILIES.items():
         pixels = TOY_MAX_PIXELS if name == "toy" else MAX_PIXELS

@@ -229,6 +229,17 @@ def build_cache(hub_dir: Path, model_ids: list[str], full: bool = False) -> dict
 # -- in memory, for benchmarks -------------------------------------------------------------------
 
 
+def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`dtype`, except the modules the class keeps in float32 (as `from_pretrained(torch_dtype=)` does)."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    model.to(dtype)
+    if dtype != torch.float32:
+        for name, module in model.named_modules():
+            if any(k in name.split(".") for k in keep):
+                module.float()
+    return model.eval().requires_grad_(False)
+
+
 def build_backbone(name: str, k: int = 1, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
     """Registry model `name` built from its fixture configs with random weights, straight on `device`.
 
@@ -259,7 +270,7 @@ def build_backbone(name: str, k: int = 1, device: str | torch.device = "cpu", dt
             vocab = write_clip_tokenizer(Path(tmp) / "tok", model_id)
             tok = CLIPTokenizer.from_pretrained(Path(tmp) / "tok")
             te = CLIPTextModel(CLIPTextConfig(**scale_clip(_load(model_id, "text_encoder/config.json"), ku, vocab)))
-            parts = [m.to(dtype).eval().requires_grad_(False) for m in (unet, vae, te)]
+            parts = [_cast(m, dtype) for m in (unet, vae, te)]
             return UNet3DBackbone(parts[0], parts[1], parts[2], tok, scheduler, fps_condition=spec.fps_condition, **opts)
         cfg = scale_transformer(_load(model_id, "transformer/config.json"), k)
         skyreels = "SkyReels" in cfg["_class_name"]
@@ -268,7 +279,7 @@ def build_backbone(name: str, k: int = 1, device: str | torch.device = "cpu", dt
         vocab = write_t5_tokenizer(Path(tmp) / "tok", model_id)
         tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(tmp) / "tok" / "tokenizer.json"), pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
         te = UMT5EncoderModel(UMT5Config(**scale_umt5(_load(model_id, "text_encoder/config.json"), k, vocab)))
-        tf, te = (m.to(dtype).eval().requires_grad_(False) for m in (tf, te))
+        tf, te = (_cast(m, dtype) for m in (tf, te))
         vae = vae.float().eval().requires_grad_(False)  # fp32, as the adapter loads it
         extra = {"fps_condition": spec.fps_condition} if skyreels else {}
         cls = SkyReelsDFBackbone if skyreels else WanBackbone

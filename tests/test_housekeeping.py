@@ -1,4 +1,4 @@
-"""fifo_app.housekeeping: scratch folders of ended servers reclaimed (never a live one's), Gradio's cache trimmed, the state upload limit."""
+"""fifo_app.housekeeping: ended servers' scratch folders reclaimed (never a live one's), Gradio's cache trimmed, upload limit."""
 
 from __future__ import annotations
 

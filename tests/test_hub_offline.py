@@ -29,13 +29,14 @@ NAMES = [n for n, s in fifo.BACKBONES.items() if s.model_id is not None]
 
 LOAD = """
 import json, sys, time
-import fifo
+import fifo, torch
+torch.set_num_threads(1)  # tiny models: threads cost more than they give
 out = []
 for name in sys.argv[1].split(","):
     t = time.time()
     try:
         bb = fifo.load_backbone(name, device="cpu", **json.loads(sys.argv[2]))
-        cfg = fifo.FIFOConfig(partitions=1, lookahead=False)
+        cfg = fifo.FIFOConfig(frames_per_window=4, partitions=1, lookahead=False)
         frames = list(fifo.generate(bb, "a red ball moving right", 3, config=cfg, height=64, width=64, seed=1))
         out.append({"name": name, "ok": True, "frames": [list(f.shape) + [str(f.dtype)] for f in frames],
                     "flow_shift": getattr(bb, "flow_shift", None), "fps_condition": getattr(bb, "fps_condition", None),
@@ -151,3 +152,20 @@ def test_missing_files_are_named_and_other_failures_reported_as_they_are(hf_home
     assert r["type"] == "WeightsUnavailableError" and "tokenizer/" in r["message"] and "vocab.json" in r["message"], r
     for r in results.values():
         assert "\n" not in r["message"] and str(home) not in r["message"], r
+
+
+def test_gpu_benchmark_smoke_runs_on_the_cpu():
+    """`benchmarks/gpu.py --smoke`: the full script at tiny width, one UNet and one transformer."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "benchmarks/gpu.py", "--smoke", "--models", "videocrafter2,wan2.1-1.3b"]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    main_table, estimate = proc.stdout.split("FLOP-based estimate")
+    lines = [ln for ln in main_table.splitlines() if ln.startswith("| ") and "---" not in ln]
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in lines}
+    vc, wan = rows["videocrafter2"], rows["wan2.1-1.3b"]
+    # f = 4, n = 1, no lookahead: one batched call (both CFG halves) per step; a step emits one
+    # video frame for an image VAE, four for Wan's causal VAE
+    assert vc[0] == "default" and vc[3] == "1.00" and float(vc[1]) > 0 and 0 < float(vc[4]) <= 100, vc
+    assert wan[3] == "0.25" and float(wan[1]) > 0, wan
+    assert "12.37 s per frame" in estimate and "GFLOP per frame" in estimate

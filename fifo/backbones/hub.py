@@ -234,6 +234,44 @@ def probe_repo(model_id: str, filenames: Sequence[str]) -> str:
     raise WeightsUnavailableError(model_id, "repository index", last or f"no {' or '.join(filenames)}")
 
 
+def load_tokenizer(model_id: str, subfolder: str | None = "tokenizer") -> Any:
+    """The tokenizer class its `tokenizer_config.json` names, loaded directly.
+
+    Not `AutoTokenizer`: with transformers 5 it also reads a model `config.json` from the same
+    folder, which a pipeline's tokenizer folder (as `hf download` leaves it) does not have.
+    """
+    import transformers
+
+    rel = f"{subfolder}/tokenizer_config.json" if subfolder else "tokenizer_config.json"
+    path = _resolve(model_id, rel)
+    cls: Any = transformers.PreTrainedTokenizerFast
+    if path is not None:
+        try:
+            with open(path) as f:
+                name = json.load(f).get("tokenizer_class")
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(model_id, "tokenizer", f"{rel}: {type(e).__name__}: {_first_line(e)}") from None
+        found = getattr(transformers, str(name), None) if name else None
+        if isinstance(found, type) and issubclass(found, transformers.PreTrainedTokenizerBase):
+            cls = found
+    tokenizer = hub_call(model_id, "tokenizer", cls.from_pretrained, model_id, kind="tokenizer", subfolder=subfolder)
+    check_tokenizer(model_id, tokenizer, subfolder)
+    return tokenizer
+
+
+def _resolve(model_id: str, rel: str) -> str | None:
+    """Local path of one repository file (downloading it when online); None when it cannot be had."""
+    if os.path.isdir(model_id):
+        path = os.path.join(model_id, rel)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(model_id, rel, local_files_only=offline())
+    except Exception:  # missing or unreachable: the load itself then reports what is missing
+        return None
+
+
 def check_tokenizer(model_id: str, tokenizer: Any, subfolder: str | None = "tokenizer") -> None:
     """Refuse the special-tokens-only tokenizer transformers returns (no error) when the files are missing."""
     if len(tokenizer) < 10:

@@ -24,7 +24,7 @@ import torch
 
 from .base import BackboneDefaults, Decoder
 from .diffusers_common import DiffusersBackbone, to_uint8
-from .hub import apply_cpu_offload, check_tokenizer, default_device, hub_call, load_scheduler, probe_repo
+from .hub import apply_cpu_offload, default_device, hub_call, load_scheduler, load_tokenizer, probe_repo
 
 
 def prompt_clean(text: str) -> str:
@@ -182,7 +182,7 @@ class WanBackbone(DiffusersBackbone):
         time already bounds its memory in time).
         """
         from diffusers import AutoencoderKLWan
-        from transformers import AutoTokenizer, UMT5EncoderModel
+        from transformers import UMT5EncoderModel
 
         device = default_device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -193,8 +193,7 @@ class WanBackbone(DiffusersBackbone):
         load = tcls.from_pretrained
         transformer = hub_call(model_id, "transformer", load, model_id, subfolder="transformer", torch_dtype=dtype)
         scheduler = load_scheduler(model_id)
-        tokenizer = hub_call(model_id, "tokenizer", AutoTokenizer.from_pretrained, model_id, kind="tokenizer", subfolder="tokenizer")
-        check_tokenizer(model_id, tokenizer)
+        tokenizer = load_tokenizer(model_id)
         load = UMT5EncoderModel.from_pretrained
         text_encoder = hub_call(model_id, "text encoder", load, model_id, subfolder="text_encoder", dtype=dtype)
         # fp32 as in diffusers' Wan examples: the VAE is small, and decoding is not where the time goes.
