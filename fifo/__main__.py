@@ -186,7 +186,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     if args.resume is not None and args.resume.resolve() == args.output.resolve():
         raise ValueError(f"--resume {args.resume}: is also --output; the video would overwrite the state")
     if args.frames is not None and not 1 <= args.frames <= MAX_FRAMES:
-        shown = str(args.frames) if len(str(args.frames)) <= 20 else f"{str(args.frames)[:12]}... ({len(str(args.frames))} digits)"
+        digits = str(args.frames)
+        shown = digits if len(digits) <= 20 else f"{digits[:12]}... ({len(digits)} digits)"
         raise ValueError(f"--frames {shown}: must be a whole number from 1 to {MAX_FRAMES:,}")
 
 
@@ -202,7 +203,9 @@ def _check_device(device: str | None) -> None:
         raise ValueError(f"--device {device!r}: not a device; e.g. cpu, cuda, cuda:1, mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available here (no GPU, or torch built without CUDA); use --device cpu")
+            raise ValueError(
+                f"--device {device}: CUDA is not available here (no GPU, or torch built without CUDA); use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
@@ -256,7 +259,8 @@ def _main(args: argparse.Namespace, stop: _Stopper) -> int:
             try:
                 prompt = args.prompt_file.read_text()
             except (OSError, UnicodeDecodeError) as e:
-                raise ValueError(f"--prompt-file {args.prompt_file}: {getattr(e, 'strerror', None) or 'not UTF-8 text'}") from None
+                why = getattr(e, "strerror", None) or "not UTF-8 text"
+                raise ValueError(f"--prompt-file {args.prompt_file}: {why}") from None
         elif args.prompt is None:
             recorded = state.meta.get("prompt") if state is not None else None
             if recorded is None:

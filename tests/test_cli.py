@@ -120,7 +120,10 @@ def test_outputs_and_numbers_are_checked_before_the_model_loads(tmp_path, args, 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_one_line(tmp_path):
     r = cli("a red ball", "--device", "cuda", "--quiet", cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr == "error: --device cuda: CUDA is not available here (no GPU, or torch built without CUDA); use --device cpu\n"
+    assert r.returncode == 2
+    assert r.stderr == (
+        "error: --device cuda: CUDA is not available here (no GPU, or torch built without CUDA); use --device cpu\n"
+    )
 
 
 def test_a_model_not_in_the_cache_offline_is_one_line(tmp_path):

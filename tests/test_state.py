@@ -54,9 +54,11 @@ def config_with(d: dict, **settings) -> dict:
 
 
 BAD = {
-    "queue of the wrong length": (lambda d: changed(d, queue=torch.zeros(3, 7, 16, 16)), "'queue': must have shape (C, 10, lh, lw)"),
+    "queue of the wrong length": (lambda d: changed(d, queue=torch.zeros(3, 7, 16, 16)),
+                                  "'queue': must have shape (C, 10, lh, lw)"),
     "queue as a string": (lambda d: changed(d, queue="zeros"), "'queue': must be a floating-point tensor, got 'zeros'"),
-    "integer queue": (lambda d: changed(d, queue=torch.zeros(3, 10, 16, 16, dtype=torch.int64)), "'queue': must be a floating-point"),
+    "integer queue": (lambda d: changed(d, queue=torch.zeros(3, 10, 16, 16, dtype=torch.int64)),
+                      "'queue': must be a floating-point"),
     "3-d queue": (lambda d: changed(d, queue=torch.zeros(3, 10, 16)), "'queue': must have shape"),
     "NaN in the queue": (lambda d: changed(d, queue=torch.full((3, 10, 16, 16), float("nan"))), "'queue': holds NaN"),
     "fps=0": (lambda d: config_with(d, fps=0), "'config': fps=0: must be an integer in [1, 120]"),
@@ -65,7 +67,8 @@ BAD = {
     "config None": (lambda d: config_with(d, frames_per_window=None), "setting 'frames_per_window' is None"),
     "config as a list": (lambda d: changed(d, config=[1, 2]), "'config': must be a dict of settings, got list"),
     "float pending frames": (lambda d: changed(d, pending=torch.zeros(1, 64, 64, 3)), "'pending': must be a uint8 tensor"),
-    "pending of another size": (lambda d: changed(d, pending=torch.zeros(1, 32, 64, 3, dtype=torch.uint8)), "'pending': must have shape (N, 64, 64, 3)"),
+    "pending of another size": (lambda d: changed(d, pending=torch.zeros(1, 32, 64, 3, dtype=torch.uint8)),
+                                "'pending': must have shape (N, 64, 64, 3)"),
     "missing step": (lambda d: changed(d, step=KeyError), "'step': missing"),
     "step as a string": (lambda d: changed(d, step="3"), "'step': must be an integer >= 0, got '3'"),
     "negative frames_emitted": (lambda d: changed(d, frames_emitted=-1), "'frames_emitted': must be an integer >= 0"),
