@@ -253,6 +253,8 @@ def _main(args: argparse.Namespace, stop: _Stopper) -> int:
                 state = FIFOState.load(args.resume)
             except ValueError as e:
                 raise ValueError(f"--resume {args.resume}: {e}") from None
+            if state.backbone != args.backbone:  # found before a model is loaded for nothing
+                raise ValueError(f"--resume {args.resume}: made by backbone {state.backbone!r}; add --backbone {state.backbone}")
         if args.prompt_file is not None:
             if args.prompt is not None:
                 raise ValueError("give a prompt or --prompt-file, not both")
@@ -283,7 +285,12 @@ def _main(args: argparse.Namespace, stop: _Stopper) -> int:
             backbone = load_backbone(args.backbone, device=dist.device, dtype=dtype)
             if backbone.device.type == "cpu":
                 keep_freed_memory()  # ~25% faster steps on a CPU (fifo/cpu.py)
-            stream = dist.stream_class(backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state)
+            try:
+                stream = dist.stream_class(backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state)
+            except ValueError as e:
+                if state is not None and str(e).startswith("state field"):  # the state does not fit the model
+                    raise ValueError(f"--resume {args.resume}: {e}") from None
+                raise
             cfg = stream.config
             num_frames = args.frames if args.frames is not None else 10 * cfg.fps
             if not dist.is_main:

@@ -151,7 +151,9 @@ def test_a_bad_state_to_resume_is_one_line_without_torch_advice(tmp_path):
             return (os.system, ("true",))
 
     (tmp_path / "evil.pt").write_bytes(pickle.dumps(Runs()))
-    for name, message in [("shape.pt", "'queue': shape (3, 6, 8, 8) does not fit toy at 128x128"),
+    torch.save({**d, "backbone": "zeroscope"}, tmp_path / "other.pt")
+    for name, message in [("shape.pt", "--resume shape.pt: state field 'queue': shape (3, 6, 8, 8) does not fit toy at 128x128"),
+                          ("other.pt", "--resume other.pt: made by backbone 'zeroscope'; add --backbone zeroscope"),
                           ("evil.pt", "--resume evil.pt: not a fifo state file: it holds objects other than tensors")]:
         r = cli("a red ball", "--resume", name, "--quiet", cwd=tmp_path)
         assert r.returncode == 2, r.stderr
