@@ -65,6 +65,7 @@ BAD = {
     "missing config key": (lambda d: config_with(d, partitions=KeyError), "'config': missing setting 'partitions'"),
     "unknown config key": (lambda d: config_with(d, rungs=3), "'config': unknown setting 'rungs'"),
     "config None": (lambda d: config_with(d, frames_per_window=None), "setting 'frames_per_window' is None"),
+    "warmup as a tensor": (lambda d: config_with(d, warmup=torch.zeros(2)), "'config': warmup=tensor("),
     "config as a list": (lambda d: changed(d, config=[1, 2]), "'config': must be a dict of settings, got list"),
     "float pending frames": (lambda d: changed(d, pending=torch.zeros(1, 64, 64, 3)), "'pending': must be a uint8 tensor"),
     "pending of another size": (lambda d: changed(d, pending=torch.zeros(1, 32, 64, 3, dtype=torch.uint8)),
