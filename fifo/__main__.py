@@ -323,7 +323,7 @@ def _write(stream, num_frames: int, args, VideoWriter, stop: _Stopper) -> int:
         **cfg.to_dict(),
     }
     start = time.perf_counter()
-    n, noted = 0, False
+    n, noted, interrupted = 0, False, False
     bar = tqdm(total=num_frames, unit="frame", disable=args.quiet, file=sys.stderr, desc="warming up")
 
     def stop_after_step(info) -> bool:
@@ -347,8 +347,8 @@ def _write(stream, num_frames: int, args, VideoWriter, stop: _Stopper) -> int:
                 stop.critical = False
                 stop.check()
                 bar.update(1)
-        except KeyboardInterrupt:
-            pass
+        except KeyboardInterrupt:  # a second signal: the stream may be mid-step
+            interrupted = True
         finally:
             stop.graceful, stop.critical = False, True  # from here on a signal waits: finishing is quick
             frames.close()
@@ -364,7 +364,7 @@ def _write(stream, num_frames: int, args, VideoWriter, stop: _Stopper) -> int:
     stopped = n < num_frames
     saved = ""
     if args.save_state:
-        if stop.forced:
+        if interrupted:
             saved = "; state not saved (stopped in the middle of a step)"
         else:
             try:
