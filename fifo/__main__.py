@@ -188,7 +188,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     if args.resume is not None and args.resume.resolve() == args.output.resolve():
         raise ValueError(f"--resume {args.resume}: is also --output; the video would overwrite the state")
     if args.frames is not None and not 1 <= args.frames <= MAX_FRAMES:
-        shown = str(args.frames) if len(str(args.frames)) <= 20 else f"{str(args.frames)[:12]}... ({len(str(args.frames))} digits)"
+        digits = str(args.frames)
+        shown = digits if len(digits) <= 20 else f"{digits[:12]}... ({len(digits)} digits)"
         raise ValueError(f"--frames {shown}: must be a whole number from 1 to {MAX_FRAMES:,}")
 
 
@@ -204,7 +205,9 @@ def _check_device(device: str | None) -> None:
         raise ValueError(f"--device {device!r}: not a device; e.g. cpu, cuda, cuda:1, mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available here (no GPU, or torch built without CUDA); use --device cpu")
+            raise ValueError(
+                f"--device {device}: CUDA is not available here (no GPU, or torch built without CUDA); use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
@@ -252,13 +255,16 @@ def _main(args: argparse.Namespace, stop: _Stopper) -> int:
                 state = FIFOState.load(args.resume)
             except ValueError as e:
                 raise ValueError(f"--resume {args.resume}: {e}") from None
+            if state.backbone != args.backbone:  # found before a model is loaded for nothing
+                raise ValueError(f"--resume {args.resume}: made by backbone {state.backbone!r}; add --backbone {state.backbone}")
         if args.prompt_file is not None:
             if args.prompt is not None:
                 raise ValueError("give a prompt or --prompt-file, not both")
             try:
                 prompt = args.prompt_file.read_text()
             except (OSError, UnicodeDecodeError) as e:
-                raise ValueError(f"--prompt-file {args.prompt_file}: {getattr(e, 'strerror', None) or 'not UTF-8 text'}") from None
+                why = getattr(e, "strerror", None) or "not UTF-8 text"
+                raise ValueError(f"--prompt-file {args.prompt_file}: {why}") from None
         elif args.prompt is None:
             recorded = state.meta.get("prompt") if state is not None else None
             if recorded is None:
@@ -283,7 +289,12 @@ def _main(args: argparse.Namespace, stop: _Stopper) -> int:
             )
             if backbone.device.type == "cpu":
                 keep_freed_memory()  # ~25% faster steps on a CPU (fifo/cpu.py)
-            stream = dist.stream_class(backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state)
+            try:
+                stream = dist.stream_class(backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state)
+            except ValueError as e:
+                if state is not None and str(e).startswith("state field"):  # the state does not fit the model
+                    raise ValueError(f"--resume {args.resume}: {e}") from None
+                raise
             cfg = stream.config
             num_frames = args.frames if args.frames is not None else 10 * cfg.fps
             if not dist.is_main:
@@ -316,7 +327,7 @@ def _write(stream, num_frames: int, args, VideoWriter, stop: _Stopper) -> int:
         **cfg.to_dict(),
     }
     start = time.perf_counter()
-    n, noted = 0, False
+    n, noted, interrupted = 0, False, False
     bar = tqdm(total=num_frames, unit="frame", disable=args.quiet, file=sys.stderr, desc="warming up")
 
     def stop_after_step(info) -> bool:
@@ -340,8 +351,8 @@ def _write(stream, num_frames: int, args, VideoWriter, stop: _Stopper) -> int:
                 stop.critical = False
                 stop.check()
                 bar.update(1)
-        except KeyboardInterrupt:
-            pass
+        except KeyboardInterrupt:  # a second signal: the stream may be mid-step
+            interrupted = True
         finally:
             stop.graceful, stop.critical = False, True  # from here on a signal waits: finishing is quick
             frames.close()
@@ -357,7 +368,7 @@ def _write(stream, num_frames: int, args, VideoWriter, stop: _Stopper) -> int:
     stopped = n < num_frames
     saved = ""
     if args.save_state:
-        if stop.forced:
+        if interrupted:
             saved = "; state not saved (stopped in the middle of a step)"
         else:
             try:

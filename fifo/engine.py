@@ -142,16 +142,22 @@ def _checked_state_fields(d: object) -> dict[str, Any]:
         config = FIFOConfig(**cfg)
     except ValueError as e:
         raise bad("config", str(e)) from None
+    except Exception as e:  # a value whose comparisons fail (a tensor where a string belongs)
+        raise bad("config", f"holds a value of the wrong type ({type(e).__name__})") from None
     if missing := [k for k in _STATE_CONFIG_REQUIRED if getattr(config, k) is None]:
         raise bad("config", f"setting {missing[0]!r} is None; a state records resolved settings")
+    try:
+        slots = config.num_slots
+    except ValueError as e:  # a setting that joined the layout after this file was written
+        raise bad("config", str(e)) from None
 
     q = d["queue"]
     if not isinstance(q, torch.Tensor) or not q.is_floating_point():
         raise bad("queue", f"must be a floating-point tensor, got {_short(q)}")
-    if q.ndim != 4 or q.shape[1] != config.num_slots or 0 in q.shape:
+    if q.ndim != 4 or q.shape[1] != slots or 0 in q.shape:
         raise bad(
             "queue",
-            f"must have shape (C, {config.num_slots}, lh, lw) for frames_per_window={config.frames_per_window}, "
+            f"must have shape (C, {slots}, lh, lw) for frames_per_window={config.frames_per_window}, "
             f"partitions={config.partitions}, lookahead={config.lookahead}; got {tuple(q.shape)}",
         )
     if not torch.isfinite(q).all():

@@ -91,7 +91,8 @@ def format_ffmetadata(metadata: dict[str, str]) -> str:
     # ffmpeg's reader takes any newline after a backslash as escaped, even after an escaped
     # backslash, so a value ending in one goes last, ended by the end of the file.
     items = sorted(check_metadata(metadata).items(), key=lambda kv: kv[1].endswith("\\"))
-    return ";FFMETADATA1" + "".join(f"\n{escape(k)}={escape(v)}" for k, v in items) + ("" if items and items[-1][1].endswith("\\") else "\n")
+    last = "" if items and items[-1][1].endswith("\\") else "\n"
+    return ";FFMETADATA1" + "".join(f"\n{escape(k)}={escape(v)}" for k, v in items) + last
 
 
 def ffmpeg_popen_options() -> dict:

@@ -120,7 +120,10 @@ def test_outputs_and_numbers_are_checked_before_the_model_loads(tmp_path, args, 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_one_line(tmp_path):
     r = cli("a red ball", "--device", "cuda", "--quiet", cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr == "error: --device cuda: CUDA is not available here (no GPU, or torch built without CUDA); use --device cpu\n"
+    assert r.returncode == 2
+    assert r.stderr == (
+        "error: --device cuda: CUDA is not available here (no GPU, or torch built without CUDA); use --device cpu\n"
+    )
 
 
 def test_a_model_not_in_the_cache_offline_is_one_line(tmp_path):
@@ -148,7 +151,9 @@ def test_a_bad_state_to_resume_is_one_line_without_torch_advice(tmp_path):
             return (os.system, ("true",))
 
     (tmp_path / "evil.pt").write_bytes(pickle.dumps(Runs()))
-    for name, message in [("shape.pt", "'queue': shape (3, 6, 8, 8) does not fit toy at 128x128"),
+    torch.save({**d, "backbone": "zeroscope"}, tmp_path / "other.pt")
+    for name, message in [("shape.pt", "--resume shape.pt: state field 'queue': shape (3, 6, 8, 8) does not fit toy at 128x128"),
+                          ("other.pt", "--resume other.pt: made by backbone 'zeroscope'; add --backbone zeroscope"),
                           ("evil.pt", "--resume evil.pt: not a fifo state file: it holds objects other than tensors")]:
         r = cli("a red ball", "--resume", name, "--quiet", cwd=tmp_path)
         assert r.returncode == 2, r.stderr
