@@ -27,7 +27,8 @@ descriptors 11-15, no leftover child process, the app's own folder flat at 0.3 M
 +0.12 MiB per run (it keeps every served file for an hour). The RSS split showed the growth in
 glibc's non-main arenas (14 -> 39 MiB), which `fifo.cpu.keep_freed_memory` now caps (its docstring
 has the figures with bigger runs); the rest is Python objects inside Gradio (tracemalloc: +1.7 MiB
-over 30 runs, mostly streamed video segments, file components and their schemas).
+over 30 runs; the largest items pydantic schemas, streamed video segments, new File components and
+per-session config copies).
 """
 
 from __future__ import annotations
