@@ -34,6 +34,9 @@ class NoiseSchedule:
     num_train_timesteps: int = 1000
     alphas_cumprod: tuple[float, ...] | None = None  # vp only, length num_train_timesteps
     shift: float = 1.0  # flow only: sigma -> shift * sigma / (1 + (shift - 1) * sigma)
+    # vp only, length num_train_timesteps: x_t = sqrt(ac) * signal_scale[t] * x_0 + sqrt(1 - ac) * eps
+    # (VideoCrafter2's latent rescale); None: 1 everywhere
+    signal_scale: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULE_KINDS:
@@ -41,7 +44,13 @@ class NoiseSchedule:
         if self.kind == "vp":
             if self.alphas_cumprod is None or len(self.alphas_cumprod) != self.num_train_timesteps:
                 raise ValueError("a vp schedule needs alphas_cumprod of length num_train_timesteps")
-        elif self.shift <= 0:
+            if self.signal_scale is not None and (
+                len(self.signal_scale) != self.num_train_timesteps or not all(v > 0 for v in self.signal_scale)
+            ):
+                raise ValueError("signal_scale: must be num_train_timesteps values > 0")
+        elif self.signal_scale is not None:
+            raise ValueError("signal_scale applies to vp schedules only")
+        if self.kind == "flow" and self.shift <= 0:
             raise ValueError(f"shift={self.shift}: must be > 0")
 
     @classmethod
@@ -100,9 +109,12 @@ def make_ladder(schedule: NoiseSchedule, length: int) -> Ladder:
         raise ValueError(f"length={length}: at most num_train_timesteps={T} rungs")
     if schedule.kind == "vp":
         t = trailing_timesteps(T, length)
-        ac = torch.tensor(schedule.alphas_cumprod, dtype=torch.float64)[torch.from_numpy(t)]
+        idx = torch.from_numpy(t)
+        ac = torch.tensor(schedule.alphas_cumprod, dtype=torch.float64)[idx]
         timesteps = torch.from_numpy(t).double()
         alphas, sigmas = ac.sqrt(), (1 - ac).sqrt()
+        if schedule.signal_scale is not None:
+            alphas = alphas * torch.tensor(schedule.signal_scale, dtype=torch.float64)[idx]
     else:
         # FlowMatchEulerDiscreteScheduler.set_timesteps: linspace in timestep between the
         # (shifted) training extremes, then the shift applied to the sigmas.
@@ -119,6 +131,17 @@ def make_ladder(schedule: NoiseSchedule, length: int) -> Ladder:
         torch.cat([one, alphas[:-1]]),
         torch.cat([zero, sigmas[:-1]]),
     )
+
+
+def videocrafter_signal_scale(
+    num_train_timesteps: int = 1000, scale_a: float = 1.0, scale_b: float = 0.7, mid_step: int = 400
+) -> tuple[float, ...]:
+    """VideoCrafter's `use_scale` factors per timestep: `scale_a` to `scale_b` linearly over the first
+    `mid_step` timesteps (`np.linspace`, both ends included), `scale_b` above."""
+    if not 1 <= mid_step <= num_train_timesteps:
+        raise ValueError(f"mid_step={mid_step}: must be in [1, {num_train_timesteps}]")
+    ramp = np.linspace(scale_a, scale_b, mid_step)
+    return tuple(np.concatenate([ramp, np.full(num_train_timesteps - mid_step, scale_b)]).tolist())
 
 
 def trailing_timesteps(num_train_timesteps: int, length: int) -> np.ndarray:

@@ -40,6 +40,7 @@ for name in sys.argv[1].split(","):
         frames = list(fifo.generate(bb, "a red ball moving right", 3, config=cfg, height=64, width=64, seed=1))
         out.append({"name": name, "ok": True, "frames": [list(f.shape) + [str(f.dtype)] for f in frames],
                     "flow_shift": getattr(bb, "flow_shift", None), "fps_condition": getattr(bb, "fps_condition", None),
+                    "rescaled": bb.noise_schedule.signal_scale is not None,
                     "seconds": round(time.time() - t, 1)})
     except Exception as e:
         out.append({"name": name, "ok": False, "type": type(e).__name__, "message": str(e)})
@@ -112,6 +113,7 @@ def test_all_five_load_offline_from_the_cache_and_stream(hf_home):
             assert r["fps_condition"] == spec.fps_condition, r
     assert results["skyreels-v2-df-1.3b"]["flow_shift"] == 8.0
     assert results["videocrafter2"]["fps_condition"] == 8.0
+    assert [n for n in NAMES if results[n]["rescaled"]] == ["videocrafter2"]  # VideoCrafter's use_scale
 
 
 def test_user_options_override_the_registry_defaults(hf_home):

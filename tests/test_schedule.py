@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-from fifo.schedule import NoiseSchedule, context_slots, make_ladder, slot_timesteps, window_batches, windows
+from fifo.schedule import NoiseSchedule, context_slots, make_ladder, slot_timesteps, videocrafter_signal_scale, window_batches, windows
 
 
 @pytest.mark.parametrize("L", [1, 8, 16, 48, 64, 100])
@@ -128,3 +129,35 @@ def test_slot_timesteps_and_batches():
         window_batches(wins, 0)
     with pytest.raises(ValueError, match="frames_per_window=1"):
         windows(1, 2, False)
+
+
+def test_videocrafter_signal_scale_values():
+    s = np.array(videocrafter_signal_scale())
+    assert s.shape == (1000,) and s[0] == 1.0 and s[399] == pytest.approx(0.7) and (s[400:] == 0.7).all()
+    assert np.allclose(np.diff(s[:400]), -0.3 / 399)
+    with pytest.raises(ValueError, match="signal_scale applies to vp"):
+        NoiseSchedule("flow", signal_scale=(1.0,) * 1000)
+
+
+@pytest.mark.parametrize("L", [16, 64])
+def test_rescaled_ladder_reproduces_videocrafters_deterministic_ddim_step(L):
+    """VideoCrafter's sampler with use_scale: x0 = (x - sqrt(1 - a_t) e) / sqrt(a_t) / s_t, then
+    x' = sqrt(a_prev) s_prev x0 + sqrt(1 - a_prev) e (eta = 0), written out here independently."""
+    from fifo.solvers import step_coefficients
+
+    base = NoiseSchedule.scaled_linear()
+    scale = videocrafter_signal_scale()
+    lad = make_ladder(dataclasses.replace(base, signal_scale=scale), L)
+    ac = np.array(base.alphas_cumprod)
+    t = lad.timesteps.long().numpy()
+    assert np.allclose(lad.alphas.numpy(), np.sqrt(ac[t]) * np.array(scale)[t])
+    assert np.allclose(lad.sigmas.numpy(), np.sqrt(1 - ac[t]))
+    cx, cout, _ = step_coefficients(lad.alphas, lad.sigmas, lad.next_alphas, lad.next_sigmas, "epsilon", 0.0)
+    x, e = 0.3, -1.7  # any latent value and model output: the update is linear in both
+    for i in range(1, L):  # rung i steps to rung i - 1
+        a_t, a_p, s_t, s_p = ac[t[i]], ac[t[i - 1]], scale[t[i]], scale[t[i - 1]]
+        x0 = (x - np.sqrt(1 - a_t) * e) / np.sqrt(a_t) / s_t
+        ref = np.sqrt(a_p) * s_p * x0 + np.sqrt(1 - a_p) * e
+        assert float(cx[i]) * x + float(cout[i]) * e == pytest.approx(ref, rel=1e-12, abs=1e-12), i
+    x0 = (x - np.sqrt(1 - ac[t[0]]) * e) / np.sqrt(ac[t[0]]) / scale[t[0]]
+    assert float(cx[0]) * x + float(cout[0]) * e == pytest.approx(x0, rel=1e-12)  # the head rung steps to clean

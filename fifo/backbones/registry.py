@@ -25,6 +25,7 @@ class BackboneSpec:
     # How its authors sample it, passed to from_pretrained unless the caller gives its own:
     flow_shift: float | None = None  # flow models: the sigma shift (replaces the shipped scheduler's)
     fps_condition: float | None = None  # frame-rate-conditioned models: the rate fed to the model
+    latent_rescale: tuple[float, float, int] | None = None  # VideoCrafter's use_scale: (scale_a, scale_b, mid_step)
     sources: str = ""  # where the defaults above come from
 
 
@@ -39,7 +40,7 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
-_SAMPLING_OPTIONS = ("flow_shift", "fps_condition")
+_SAMPLING_OPTIONS = ("flow_shift", "fps_condition", "latent_rescale")
 
 
 def load_backbone(name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None, **kw) -> Backbone:
@@ -133,7 +134,9 @@ register(
         vram_gb=25.0,
         summary="VideoCrafter2 (UNet3D + fps embedding, 512x320, 16 frames), the FIFO-Diffusion paper's main model; estimated VRAM",
         fps_condition=8.0,
-        sources="fps 8: FIFO-Diffusion's VideoCrafter2 runs (VideoCrafter's own run_text2video.sh passes 28)",
+        latent_rescale=(1.0, 0.7, 400),
+        sources="fps 8: FIFO-Diffusion's VideoCrafter2 runs (VideoCrafter's own run_text2video.sh passes 28); "
+        "latent rescale 1.0 -> 0.7 over t < 400: VideoCrafter2's inference config (use_scale, scale_b 0.7)",
     )
 )
 register(

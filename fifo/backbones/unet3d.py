@@ -262,10 +262,13 @@ class UNet3DBackbone(DiffusersBackbone):
         defaults: BackboneDefaults | None = None,
         fps_condition: float | None = None,
         device: str | torch.device | None = None,
+        latent_rescale: tuple[float, float, int] | None = None,
     ) -> None:
+        import dataclasses
+
         from diffusers import DDIMScheduler
 
-        from ..schedule import NoiseSchedule
+        from ..schedule import NoiseSchedule, videocrafter_signal_scale
 
         self.unet, self.vae, self.text_encoder, self.tokenizer, self.scheduler = unet, vae, text_encoder, tokenizer, scheduler
         self.name = name
@@ -286,6 +289,13 @@ class UNet3DBackbone(DiffusersBackbone):
         if "Multistep" in type(scheduler).__name__ or getattr(scheduler, "order", 1) != 1:
             single = DDIMScheduler.from_config(scheduler.config)  # same betas; FIFO steps each frame alone
         self.noise_schedule = NoiseSchedule.from_scheduler(single)
+        self.latent_rescale = None if latent_rescale is None else tuple(latent_rescale)
+        if self.latent_rescale is not None:
+            # VideoCrafter's `use_scale`: its latents carry the signal scaled by s(t) (scale_a, scale_b, mid_step)
+            if len(self.latent_rescale) != 3 or pred != "epsilon":
+                raise ValueError(f"latent_rescale={latent_rescale!r}: (scale_a, scale_b, mid_step), for epsilon prediction")
+            scale = videocrafter_signal_scale(self.noise_schedule.num_train_timesteps, *self.latent_rescale)
+            self.noise_schedule = dataclasses.replace(self.noise_schedule, signal_scale=scale)
         self.fps_condition = fps_condition
         if isinstance(unet, VideoCrafter2UNet) and unet.config.fps_cond and fps_condition is None:
             self.fps_condition = unet.default_fps
@@ -305,6 +315,7 @@ class UNet3DBackbone(DiffusersBackbone):
         defaults: BackboneDefaults | None = None,
         base_model_id: str = _ZEROSCOPE,
         fps_condition: float | None = None,
+        latent_rescale: tuple[float, float, int] | None = None,
         enable_vae_slicing: bool = False,
         enable_vae_tiling: bool = False,
         cpu_offload: bool = False,
@@ -317,7 +328,9 @@ class UNet3DBackbone(DiffusersBackbone):
         with only a root `config.json` holds a UNet alone; the scheduler, VAE, tokenizer and text
         encoder then come from `base_model_id`. `variant="auto"` takes the fp16 files when loading
         in fp16 and the repository has them. `fps_condition`: VideoCrafter2's frame-rate input
-        (default 8). A local directory in the same layout works too (no Hub access).
+        (default 8). `latent_rescale`: VideoCrafter's `use_scale` as (scale_a, scale_b, mid_step),
+        e.g. (1.0, 0.7, 400) for VideoCrafter2; None: none. A local directory in the same layout
+        works too (no Hub access).
         """
         from diffusers import AutoencoderKL
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -364,7 +377,7 @@ class UNet3DBackbone(DiffusersBackbone):
         else:
             unet.to(device), text_encoder.to(device)
         parts = (unet, vae, text_encoder, tokenizer, scheduler)
-        return cls(*parts, name=name, defaults=defaults, fps_condition=fps_condition, device=device)
+        return cls(*parts, name=name, defaults=defaults, fps_condition=fps_condition, device=device, latent_rescale=latent_rescale)
 
     # -- the contract --------------------------------------------------------------------------
 
