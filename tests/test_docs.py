@@ -112,6 +112,19 @@ def table_rows(text: str, first_header: str) -> list[list[str]]:
     return []
 
 
+def sampled_as(spec) -> str:
+    """The models table's noise-level column: flow shift, fps fed to the model, latent rescale."""
+    parts = []
+    if spec.flow_shift is not None:
+        parts.append(f"shift {spec.flow_shift:g}")
+    if spec.fps_condition is not None:
+        parts.append(f"fps {spec.fps_condition:g}")
+    if spec.latent_rescale is not None:
+        a, b, mid = spec.latent_rescale
+        parts.append(f"rescale {a:g}→{b:g} below t={mid}")
+    return ", ".join(parts) or "–"
+
+
 def expected_models_table() -> list[list[str]]:
     """The README's models table, derived from the registry's specs."""
     rows = []
@@ -126,6 +139,7 @@ def expected_models_table() -> list[list[str]]:
                 f"{d.partitions}, {'on' if d.lookahead else 'off'}",
                 f"{d.guidance_scale:g}",
                 f"~{spec.vram_gb:g} GB" if spec.needs_gpu else "CPU",
+                sampled_as(spec),
                 spec.licence,
             ]
         )
