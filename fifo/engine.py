@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -20,6 +21,9 @@ import torch
 from .backbones.base import Backbone, video_frames_before
 from .config import FIFOConfig
 from .noise import BASE, ETA, FILL, TAIL, keyed_normal, keyed_normal_frames
+
+KNOWN = 5  # noise stream of the known frames' re-noising (fifo.noise's streams are 1-4)
+ENTRY_POINTS = ("tail", "head")
 from .prompts import PromptLike, PromptSchedule
 from .schedule import Window, make_ladder, slot_timesteps, window_batches
 from .solvers import step_coefficients
@@ -43,6 +47,7 @@ class FIFOState:
     decoder_state: dict = field(default_factory=dict)
     pending: torch.Tensor | None = None  # (N, H, W, 3) uint8: decoded but not yet yielded
     meta: dict = field(default_factory=dict)  # what made it: {"prompt": schedule text, "negative_prompt": str}
+    known: dict = field(default_factory=dict)  # a run seeded from known frames: {"latents": (C, K, lh, lw), "video_start": int}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the state to one file (torch.save of plain tensors, ints and strings)."""
@@ -78,6 +83,7 @@ class FIFOStream:
         height: int | None = None,
         width: int | None = None,
         state: FIFOState | None = None,
+        known: torch.Tensor | None = None,
     ) -> None:
         self.backbone = backbone
         self.schedule = PromptSchedule.coerce(prompt)
@@ -111,12 +117,23 @@ class FIFOStream:
         self.step_index = 0
         self.frames_emitted = 0
         self._pending = np.zeros((0, self.height, self.width, 3), np.uint8)
+        self._steer_lock = threading.Lock()
+        self._claimed = self.step_index - 1  # the last step that may have read the schedule
+        self.warmup = cfg.warmup_frames  # latent frames popped before the video starts
+        self._known: torch.Tensor | None = None  # (C, Kt, lh, lw): latent frames 0..Kt-1 of the run, known
+        if known is not None:
+            if state is not None:
+                raise ValueError("known frames start a new run: give known frames or a state to continue, not both")
+            self._set_known(known)
         if state is not None:
             self.queue = state.queue.to(dev, torch.float32)
             self.step_index, self.frames_emitted = state.step, state.frames_emitted
             self._decoder.load_state_dict(state.decoder_state)
             if state.pending is not None:
                 self._pending = state.pending.numpy()
+            if state.known:
+                self._known = state.known["latents"].to(dev, torch.float32)
+                self.warmup = int(state.known["video_start"])
 
     def _check_resume(self, state: FIFOState, config: FIFOConfig, seed, height, width):
         """Take the layout, seed and size from the state; refuse a request that contradicts it."""
@@ -143,8 +160,119 @@ class FIFOStream:
 
     def _prompt_of_latent(self, latent_frame: int) -> str:
         """The prompt of the video frame that latent frame `latent_frame` becomes."""
-        j = latent_frame - self.config.warmup_frames
+        j = latent_frame - self.warmup
         return self.schedule.prompt_at(video_frames_before(j, self.backbone.temporal_compression))
+
+    # -- steering: prompt changes while the stream runs --------------------------------------------
+
+    def _claim_step(self) -> None:
+        """Mark the step about to run; a prompt change made after this point cannot reach its windows."""
+        with self._steer_lock:
+            self._claimed = self.step_index
+
+    def _consulted_latent(self) -> int:
+        """The last latent frame whose prompt a started step (or the warm start) may have read."""
+        mid = max((w.start + w.stop) // 2 for w in self.config.windows) - self.h  # a window's prompt: its middle frame's
+        return max(self._claimed + mid, self.L - self.f)
+
+    def earliest_change_frame(self) -> int:
+        """The first video frame a prompt change made now can take effect from, exactly reproducibly."""
+        with self._steer_lock:
+            return self._earliest_frame()
+
+    def _earliest_frame(self) -> int:
+        tc = self.backbone.temporal_compression
+        return max(1, video_frames_before(self._consulted_latent() + 1 - self.warmup, tc))
+
+    def change_prompt(self, prompt: str, frame: int | None = None, entry: str = "tail") -> int:
+        """Add a schedule entry while the stream runs (thread-safe, between steps); returns its video frame.
+
+        `prompt` holds from video frame `frame` on (entries at or after it are replaced). Without
+        `frame`, `entry` picks it: "tail" is the newest frame in the queue, so the change reaches
+        the screen about one queue length (`L` latent frames) after it is made and sweeps through
+        the whole queue; "head" is the earliest frame no window has read a prompt for yet, about
+        `f / 2` latent frames sooner than "tail" and seen only by the noisier half of the windows.
+        The entry lands in `self.schedule`, so a fresh run with the recorded schedule (same seed
+        and settings) remakes the video frame for frame.
+        """
+        if entry not in ENTRY_POINTS:
+            raise ValueError(f"entry={entry!r}: allowed are {ENTRY_POINTS}")
+        if not isinstance(prompt, str) or not prompt.strip() or "\n" in prompt:
+            raise ValueError(f"prompt={prompt!r}: must be one non-empty line")
+        self._cond(prompt.strip())  # a prompt the backbone refuses fails here, not mid-run
+        with self._steer_lock:
+            earliest = self._earliest_frame()
+            if frame is None:
+                tc = self.backbone.temporal_compression
+                tail = self._claimed + 1 + self.L - 1  # the newest frame of the next step's queue
+                frame = earliest if entry == "head" else max(earliest, video_frames_before(tail - self.warmup, tc))
+            elif isinstance(frame, bool) or not isinstance(frame, int) or frame < earliest:
+                raise ValueError(f"frame={frame!r}: the run has read the prompts up to frame {earliest - 1}; give a frame >= {earliest}")
+            self.schedule = self.schedule.with_change(frame, prompt)  # one reference swap: steps read old or new, same prompts
+        return frame
+
+    # -- known frames: a run that continues the user's clip ----------------------------------------
+
+    def _set_known(self, known: torch.Tensor) -> None:
+        """Lay the known latents (C, K, lh, lw) at the start of the run; the video starts after them.
+
+        The last `U = min(K, L)` of them are latent frames `P..P+U-1` of the run, `P` frames of
+        pre-roll (copies of the first, never shown) before them so that the queue's first state is
+        all known (`U >= f`: `P = L - U`) or the warm-start clip starts with them (`P = L - f`).
+        """
+        C, lh, lw = self.latent_shape
+        ok = torch.is_tensor(known) and known.dim() == 4 and known.shape[1] >= 1 and (known.shape[0], *known.shape[2:]) == (C, lh, lw)
+        if not ok or not torch.isfinite(known).all():
+            shape = tuple(known.shape) if torch.is_tensor(known) else type(known).__name__
+            raise ValueError(f"known latents of shape {shape}: expected finite values of shape ({C}, K >= 1, {lh}, {lw}) for {self.height}x{self.width}")
+        known = known.detach().to(self.backbone.device, torch.float32)
+        if self._decoder.state_dict():  # a causal decoder: carry its cache through the known frames, output unused
+            self._decoder.decode(known)
+        U = min(known.shape[1], self.L)
+        pre = self.L - max(U, self.f)
+        used = known[:, -U:]  # (C, U, lh, lw)
+        self._known = torch.cat([used[:, :1].expand(-1, pre, -1, -1), used], dim=1)  # (C, Kt, lh, lw)
+        self.warmup = self._known.shape[1]
+
+    def _renoised_known(self, latents: list[int], alphas: torch.Tensor, sigmas: torch.Tensor, step: int) -> torch.Tensor:
+        """Known latent frames re-noised to the given levels with keyed noise, (C, len(latents), lh, lw)."""
+        dev = self.backbone.device
+        noise = keyed_normal_frames(self.latent_shape, self.seed, KNOWN, latents, [step] * len(latents)).to(dev)
+        a, s = (v.float().to(dev).view(1, -1, 1, 1) for v in (alphas, sigmas))
+        return a * self._known[:, latents] + s * noise
+
+    def _hold_known(self, main: torch.Tensor, k: int, stepped: bool = True) -> None:
+        """Set the main slots holding known frames (slot i: latent k + i) to the known frame at the slot's level.
+
+        After a step (`stepped`) slot i sits at rung i - 1 (slot 0: clean, so the known frame itself
+        is popped and becomes context); at the warm start at rung i.
+        """
+        if self._known is None or k >= self._known.shape[1]:
+            return
+        n = min(self._known.shape[1] - k, main.shape[1])
+        lad = self.ladder
+        a, s = (lad.next_alphas[:n], lad.next_sigmas[:n]) if stepped else (lad.alphas[:n], lad.sigmas[:n])
+        main[:, :n] = self._renoised_known(list(range(k, k + n)), a, s, k + 1 if stepped else 0)
+
+    def _known_clip_frames(self, x: torch.Tensor, rung: int, first_latent: int) -> torch.Tensor:
+        """The warm-start clip (C, f, lh, lw), latent frames `first_latent..`, with its known frames at `rung` (-1: clean)."""
+        if self._known is None:
+            return x
+        n = min(self._known.shape[1] - first_latent, x.shape[1])
+        if n <= 0:
+            return x
+        lad = self.ladder
+        one = torch.ones(n, dtype=torch.float64)
+        a, s = (one, 0 * one) if rung < 0 else (lad.alphas[rung].expand(n), lad.sigmas[rung].expand(n))
+        x = x.clone()
+        x[:, :n] = self._renoised_known(list(range(first_latent, first_latent + n)), a, s, -2 - rung)
+        return x
+
+    def _fill_known(self) -> None:
+        """The first queue when all L main frames are known: each at its rung's level; context: the first one."""
+        L, h, lad = self.L, self.h, self.ladder
+        main = self._renoised_known(list(range(L)), lad.alphas, lad.sigmas, 0)
+        self.queue = torch.cat([self._known[:, :1].expand(-1, h, -1, -1), main], dim=1)  # (C, h + L, lh, lw)
 
     # -- the model ------------------------------------------------------------------------------
 
@@ -201,8 +329,12 @@ class FIFOStream:
         """Sample one ordinary f-frame clip in L steps, then fill the queue with it, re-noised per rung."""
         f, L, h, lad = self.f, self.L, self.h, self.ladder
         dev = self.backbone.device
+        if self._known is not None and self._known.shape[1] >= L:  # the whole queue is known: no clip to sample
+            self._fill_known()
+            return
         x = keyed_normal_frames(self.latent_shape, self.seed, BASE, list(range(f)), [0] * f).to(dev)  # (C, f, lh, lw)
         cond = [self._cond(self._prompt_of_latent(L - f))]
+        x = self._known_clip_frames(x, L - 1, L - f)
         for i in reversed(range(L)):  # every frame of the clip from rung i to i - 1
             t = lad.timesteps[i].float().to(dev).expand(1, f)
             out = self._denoise(x[None], t, cond)[0]
@@ -210,14 +342,18 @@ class FIFOStream:
             x = cx * x + cout * out
             if cn is not None:
                 x = x + cn * self._eta_noise([-1 - j for j in range(f)], L - i)
+            x = self._known_clip_frames(x, i - 1, L - f)
         src = [max(0, i - (L - f)) for i in range(L)]  # main slot i holds clip frame src[i]
         noise = keyed_normal_frames(self.latent_shape, self.seed, FILL, list(range(L)), [0] * L).to(dev)
         a, s = (v.float().to(dev).view(1, -1, 1, 1) for v in (lad.alphas, lad.sigmas))
         main = a * x[:, src] + s * noise
         self.queue = torch.cat([x[:, :1].expand(-1, h, -1, -1), main], dim=1)  # (C, h + L, lh, lw)
+        if self._known is not None:  # the clip's copies of known frames, re-noised, are replaced by the known ones
+            self._hold_known(self.queue[:, h:], 0, stepped=False)
 
     def step(self) -> torch.Tensor:
         """One diagonal denoising step: every main frame one rung down; returns the popped latent (C, lh, lw)."""
+        self._claim_step()
         if self.queue is None:
             self._warm_start()
         k, h, L = self.step_index, self.h, self.L
@@ -236,6 +372,7 @@ class FIFOStream:
             main[:, lo:hi].addcmul_(out, cout[:, lo:hi])
         if eta_noise is not None:
             main.addcmul_(eta_noise, cn)
+        self._hold_known(main, k)
         nxt[:, :keep] = queue[:, 1:h]
         nxt[:, keep + L] = tail
         popped = main[:, 0].clone()
@@ -271,8 +408,8 @@ class FIFOStream:
                     continue
                 popped_index = self.step_index
                 latent = self.step()
-                if popped_index >= self.config.warmup_frames:
-                    self._decode_popped(latent, popped_index - self.config.warmup_frames)
+                if popped_index >= self.warmup:
+                    self._decode_popped(latent, popped_index - self.warmup)
                 if self._stop_requested(callback, num_frames - left):
                     self._drain()
                     left = min(left, len(self._pending))  # stop: hand out what was stepped
@@ -306,7 +443,7 @@ class FIFOStream:
         return {
             "step": self.step_index,
             "frames_emitted": self.frames_emitted,
-            "warming_up": self.step_index <= self.config.warmup_frames,
+            "warming_up": self.step_index <= self.warmup,
             "timesteps": self._slot_t,  # (h + L,) model timestep of each slot, head first
             "queue": self.queue,  # (C, h + L, lh, lw), read only
             "preview": lambda: self.backbone.preview(self.queue),
@@ -329,6 +466,7 @@ class FIFOStream:
             decoder_state=self._decoder.state_dict(),
             pending=torch.from_numpy(self._pending.copy()),
             meta={"prompt": self.schedule.to_text(), "negative_prompt": self.negative_prompt},
+            known={} if self._known is None else {"latents": self._known.detach().to("cpu", copy=True), "video_start": self.warmup},
         )
 
 

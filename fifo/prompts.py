@@ -62,6 +62,17 @@ class PromptSchedule:
             current = p
         return current
 
+    def with_change(self, frame: int, prompt: str) -> "PromptSchedule":
+        """A copy where `prompt` takes over from video frame `frame` on (entries at or after it are dropped)."""
+        if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
+            raise ValueError(f"frame={frame!r}: must be a non-negative integer")
+        if not isinstance(prompt, str) or not prompt.strip() or "\n" in prompt:
+            raise ValueError(f"prompt={prompt!r}: must be one non-empty line")
+        kept = tuple(e for e in self.entries if e[0] < frame)
+        if kept and kept[-1][1] == prompt.strip():
+            return PromptSchedule(kept)  # the prompt already in force goes on: no entry needed
+        return PromptSchedule(kept + ((frame, prompt.strip()),))
+
     @property
     def prompts(self) -> list[str]:
         """The distinct prompts, in order of first use."""

@@ -573,6 +573,12 @@ class UNet3DBackbone(Backbone):
         t = timesteps.to(self.device, torch.float32)
         return guided(self._model, x, t, pos.to(self.device, self.dtype), neg.to(self.device, self.dtype), float(guidance_scale))
 
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> latents (C, N, h, w), each frame through the VAE's encoder."""
+        from .encoders import check_frames, encode_image_vae
+
+        return encode_image_vae(self.vae, check_frames(self, frames), self.device)
+
     def decoder(self) -> FrameVAEDecoder:
         """A decoder turning latent frames into images, one by one (no temporal state)."""
         return FrameVAEDecoder(self.vae, self.device)

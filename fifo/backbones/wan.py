@@ -274,6 +274,12 @@ class WanBackbone(Backbone):
         t = timesteps.to(self.device, torch.float32)
         return guided(self._model, x, t, pos.to(self.device, self.dtype), neg.to(self.device, self.dtype), float(guidance_scale))
 
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames (1 + 4k, H, W, 3) -> normalised latents (C, 1 + k, h, w), causally through the VAE's encoder."""
+        from .encoders import check_frames, encode_causal_vae
+
+        return encode_causal_vae(self.vae, check_frames(self, frames), self.device, self.temporal_compression)
+
     def decoder(self) -> WanStreamDecoder:
         """A fresh causal streaming decoder (its cache starts at the first latent it is given)."""
         return WanStreamDecoder(self.vae, self.device)
