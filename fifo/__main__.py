@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=int, default=None, help="frames per second of the video")
     g.add_argument("--warmup", choices=("discard", "keep"), default="discard", help="keep the L-f warm-up frames?")
     g.add_argument("--window-batch", type=int, default=None, help="windows per forward call (default: all)")
+    k = p.add_argument_group("known frames (start from the user's own media)")
+    k.add_argument("--init-video", type=Path, help="continue this clip: the video holds --frames new frames after its last frame")
+    k.add_argument("--init-image", type=Path, help="start from this picture: the video is the picture, then --frames new frames")
     r = p.add_argument_group("device and state")
     r.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     r.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="model dtype")
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             backbone = load_backbone(args.backbone, device=dist.device, dtype=dtype)
             if backbone.device.type == "cpu":
                 keep_freed_memory()  # ~25% faster steps on a CPU (fifo/cpu.py)
-            stream = dist.stream_class(backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state)
+            known, first = _known_frames(args, backbone, config)
+            stream = dist.stream_class(backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state, known=known)
             cfg = stream.config
             num_frames = args.frames if args.frames is not None else 10 * cfg.fps
             if num_frames < 1:
@@ -150,13 +154,53 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in frames:  # other ranks step in lockstep; rank 0 decodes and writes
                     pass
                 return 0
-            return _write(stream, frames, num_frames, args, VideoWriter)
+            return _write(stream, frames, num_frames, args, VideoWriter, first)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-def _write(stream, frames, num_frames: int, args, VideoWriter) -> int:
+def _known_frames(args, backbone, config):
+    """The known latents of --init-video / --init-image (or None), and the frames to write before the new ones."""
+    from .backbones.encoders import fit_frames, load_known, read_image
+
+    if args.init_video is not None and args.init_image is not None:
+        raise ValueError("give --init-video or --init-image, not both")
+    path, kind = (args.init_video, "video") if args.init_video is not None else (args.init_image, "image")
+    if path is None:
+        return None, []
+    if args.resume is not None:
+        raise ValueError(f"--init-{kind} starts a new video; --resume continues a saved one: give one of them")
+    height = args.height if args.height is not None else backbone.defaults.height
+    width = args.width if args.width is not None else backbone.defaults.width
+    known = load_known(backbone, path, kind, height, width, max_latents=config.resolve(backbone).queue_length)
+    first = list(fit_frames(read_image(path), height, width)) if kind == "image" else []
+    return known, first
+
+
+def _add_metadata(path: Path, entries: dict[str, str]) -> None:
+    """Add metadata entries to a finished MP4 (streams copied, the file replaced atomically)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    tmp = path.with_name(f".{path.name}.meta.part")
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(path),
+           "-map", "0", "-c", "copy", "-map_metadata", "0"]
+    for k, v in entries.items():
+        cmd += ["-metadata", f"{k}={v}"]
+    cmd += ["-movflags", "+faststart+use_metadata_tags", "-f", "mp4", str(tmp)]
+    try:
+        res = subprocess.run(cmd, capture_output=True)
+        if res.returncode != 0:
+            raise OSError(res.stderr.decode(errors="replace").strip()[-300:])
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        print(f"warning: pixel statistics not written into {path.name}: {e}", file=sys.stderr)
+
+
+def _write(stream, frames, num_frames: int, args, VideoWriter, first=()) -> int:
     """Stream frames into the MP4 with a progress bar; Ctrl-C keeps what was made."""
     from tqdm import tqdm
 
@@ -173,10 +217,19 @@ def _write(stream, frames, num_frames: int, args, VideoWriter) -> int:
     start = time.perf_counter()
     n, stopped = 0, False
     bar = tqdm(total=num_frames, unit="frame", disable=args.quiet, file=sys.stderr, desc="warming up")
+    if args.init_video is not None or args.init_image is not None:
+        meta["init"] = "video" if args.init_video is not None else "image"  # the media itself is not recorded
+    from .drift import DriftMeter
+
+    meter = DriftMeter(cfg.fps)
     writer = VideoWriter(args.output, cfg.fps, metadata={"comment": json.dumps(meta)})
+    for frame in first:  # --init-image: the picture opens the video
+        writer.write(frame)
+        meter.add(frame)
     try:
         try:
             for frame in frames:
+                meter.add(frame)
                 if n == 0:
                     bar.set_description("frames")
                 writer.write(frame)
@@ -197,6 +250,9 @@ def _write(stream, frames, num_frames: int, args, VideoWriter) -> int:
     if args.save_state:
         stream.state().save(args.save_state)
     secs = time.perf_counter() - start
+    meter.finish()
+    _add_metadata(args.output, meter.metadata())
+    print(meter.summary_line())
     note = " (stopped early)" if stopped else ""
     print(f"wrote {args.output}: {n} frames{note} in {secs:.1f} s, {secs / n:.3f} s/frame, {_peak_memory()}")
     return 130 if stopped else 0

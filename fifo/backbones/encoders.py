@@ -97,7 +97,7 @@ def causal_count(n: int, tc: int) -> int:
 
 def to_unit(frames: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).to(dtype) / 127.5 - 1
+    return torch.from_numpy(np.array(frames)).to(device).permute(0, 3, 1, 2).to(dtype) / 127.5 - 1
 
 
 # -- the VAEs' encoder side --------------------------------------------------------------------------

@@ -309,7 +309,7 @@ class ToyBackbone(Backbone):
         """uint8 frames (N, H, W, 3) at this model's size -> latents (3, N, h, w): the decoder's fixed left inverse."""
         from .encoders import check_frames
 
-        x = torch.from_numpy(check_frames(self, frames)).to(self.device, torch.float64)
+        x = torch.from_numpy(np.array(check_frames(self, frames))).to(self.device, torch.float64)
         x = x.permute(0, 3, 1, 2)  # (N, 3, H, W) in 8-bit levels
         down_h = torch.linalg.pinv(_upsample_matrix(x.shape[-2] // COMPRESSION, self.device).double())
         down_w = torch.linalg.pinv(_upsample_matrix(x.shape[-1] // COMPRESSION, self.device).double())
