@@ -254,19 +254,20 @@ class FIFOStream:
         a, s = (lad.next_alphas[:n], lad.next_sigmas[:n]) if stepped else (lad.alphas[:n], lad.sigmas[:n])
         main[:, :n] = self._renoised_known(list(range(k, k + n)), a, s, k + 1 if stepped else 0)
 
-    def _known_clip_frames(self, x: torch.Tensor, rung: int, first_latent: int) -> torch.Tensor:
-        """The warm-start clip (C, f, lh, lw), latent frames `first_latent..`, with its known frames at `rung` (-1: clean)."""
-        if self._known is None:
-            return x
-        n = min(self._known.shape[1] - first_latent, x.shape[1])
+    def _known_clip_frames(self, x: torch.Tensor, t: torch.Tensor, first_latent: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The warm-start clip (C, f, lh, lw), latent frames `first_latent..`, and its timesteps (1, f), with
+        the known frames in it clean at timestep 0: context, as lookahead gives finished frames.
+
+        (Known frames re-noised to the clip's level instead leave the clip free to pick another
+        path while the noise is high: a picture's sprite then jumps; see docs/known-frames.md.)
+        """
+        n = 0 if self._known is None else min(self._known.shape[1] - first_latent, x.shape[1])
         if n <= 0:
-            return x
-        lad = self.ladder
-        one = torch.ones(n, dtype=torch.float64)
-        a, s = (one, 0 * one) if rung < 0 else (lad.alphas[rung].expand(n), lad.sigmas[rung].expand(n))
-        x = x.clone()
-        x[:, :n] = self._renoised_known(list(range(first_latent, first_latent + n)), a, s, -2 - rung)
-        return x
+            return x, t
+        x, t = x.clone(), t.clone()
+        x[:, :n] = self._known[:, first_latent : first_latent + n]
+        t[:, :n] = 0
+        return x, t
 
     def _fill_known(self) -> None:
         """The first queue when all L main frames are known: each at its rung's level; context: the first one."""
@@ -334,15 +335,15 @@ class FIFOStream:
             return
         x = keyed_normal_frames(self.latent_shape, self.seed, BASE, list(range(f)), [0] * f).to(dev)  # (C, f, lh, lw)
         cond = [self._cond(self._prompt_of_latent(L - f))]
-        x = self._known_clip_frames(x, L - 1, L - f)
         for i in reversed(range(L)):  # every frame of the clip from rung i to i - 1
             t = lad.timesteps[i].float().to(dev).expand(1, f)
+            x, t = self._known_clip_frames(x, t, L - f)
             out = self._denoise(x[None], t, cond)[0]
             cx, cout, cn = (None if c is None else float(c[i]) for c in self._coef64)
             x = cx * x + cout * out
             if cn is not None:
                 x = x + cn * self._eta_noise([-1 - j for j in range(f)], L - i)
-            x = self._known_clip_frames(x, i - 1, L - f)
+            x, _ = self._known_clip_frames(x, t, L - f)
         src = [max(0, i - (L - f)) for i in range(L)]  # main slot i holds clip frame src[i]
         noise = keyed_normal_frames(self.latent_shape, self.seed, FILL, list(range(L)), [0] * L).to(dev)
         a, s = (v.float().to(dev).view(1, -1, 1, 1) for v in (lad.alphas, lad.sigmas))

@@ -166,6 +166,7 @@ def load_known(backbone, path: str | os.PathLike, kind: str, height: int, width:
     """
     if kind not in ("image", "video"):
         raise ValueError(f"kind={kind!r}: allowed are 'image', 'video'")
+    backbone.latent_size(height, width)  # a size the model cannot take fails before any decoding
     tc = backbone.temporal_compression
     if kind == "image":
         if Path(path).suffix.lower() in (".mp4", ".webm", ".mov", ".mkv", ".avi", ".ts"):
