@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             if backbone.device.type == "cpu":
                 keep_freed_memory()  # ~25% faster steps on a CPU (fifo/cpu.py)
             known, first = _known_frames(args, backbone, config)
-            stream = dist.stream_class(backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state, known=known)
+            stream = dist.stream_class(
+                backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state, known=known
+            )
             cfg = stream.config
             num_frames = args.frames if args.frames is not None else 10 * cfg.fps
             if num_frames < 1:
@@ -252,9 +254,9 @@ def _write(stream, frames, num_frames: int, args, VideoWriter, first=()) -> int:
     secs = time.perf_counter() - start
     meter.finish()
     _add_metadata(args.output, meter.metadata())
-    print(meter.summary_line())
     note = " (stopped early)" if stopped else ""
     print(f"wrote {args.output}: {n} frames{note} in {secs:.1f} s, {secs / n:.3f} s/frame, {_peak_memory()}")
+    print(meter.summary_line())
     return 130 if stopped else 0
 
 

@@ -21,14 +21,13 @@ import torch
 from .backbones.base import Backbone, video_frames_before
 from .config import FIFOConfig
 from .noise import BASE, ETA, FILL, TAIL, keyed_normal, keyed_normal_frames
-
-KNOWN = 5  # noise stream of the known frames' re-noising (fifo.noise's streams are 1-4)
-ENTRY_POINTS = ("tail", "head")
 from .prompts import PromptLike, PromptSchedule
 from .schedule import Window, make_ladder, slot_timesteps, window_batches
 from .solvers import step_coefficients
 
 Callback = Callable[[dict[str, Any]], Any]
+KNOWN = 5  # noise stream of the known frames' re-noising (fifo.noise's streams are 1-4)
+ENTRY_POINTS = ("tail", "head")  # where `FIFOStream.change_prompt` enters a change by default
 _LAYOUT_FIELDS = ("frames_per_window", "partitions", "lookahead", "warmup")
 
 
@@ -207,7 +206,8 @@ class FIFOStream:
                 tail = self._claimed + 1 + self.L - 1  # the newest frame of the next step's queue
                 frame = earliest if entry == "head" else max(earliest, video_frames_before(tail - self.warmup, tc))
             elif isinstance(frame, bool) or not isinstance(frame, int) or frame < earliest:
-                raise ValueError(f"frame={frame!r}: the run has read the prompts up to frame {earliest - 1}; give a frame >= {earliest}")
+                read = earliest - 1
+                raise ValueError(f"frame={frame!r}: the run has read the prompts up to frame {read}; give a frame >= {earliest}")
             self.schedule = self.schedule.with_change(frame, prompt)  # one reference swap: steps read old or new, same prompts
         return frame
 
@@ -221,10 +221,11 @@ class FIFOStream:
         all known (`U >= f`: `P = L - U`) or the warm-start clip starts with them (`P = L - f`).
         """
         C, lh, lw = self.latent_shape
-        ok = torch.is_tensor(known) and known.dim() == 4 and known.shape[1] >= 1 and (known.shape[0], *known.shape[2:]) == (C, lh, lw)
-        if not ok or not torch.isfinite(known).all():
+        ok = torch.is_tensor(known) and known.dim() == 4 and known.shape[1] >= 1
+        if not ok or (known.shape[0], *known.shape[2:]) != (C, lh, lw) or not torch.isfinite(known).all():
             shape = tuple(known.shape) if torch.is_tensor(known) else type(known).__name__
-            raise ValueError(f"known latents of shape {shape}: expected finite values of shape ({C}, K >= 1, {lh}, {lw}) for {self.height}x{self.width}")
+            size = f"{self.height}x{self.width}"
+            raise ValueError(f"known latents of shape {shape}: expected finite values of shape ({C}, K >= 1, {lh}, {lw}) for {size}")
         known = known.detach().to(self.backbone.device, torch.float32)
         if self._decoder.state_dict():  # a causal decoder: carry its cache through the known frames, output unused
             self._decoder.decode(known)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -96,7 +97,8 @@ def test_frames_are_fitted_to_the_model_size():
 
 
 def test_bad_known_inputs_get_clear_errors(bb, tmp_path):
-    with pytest.raises(ValueError, match=r"known latents of shape \(3, 4, 8, 8\): expected finite values of shape \(3, K >= 1, 16, 16\)"):
+    bad_shape = r"known latents of shape \(3, 4, 8, 8\): expected finite values of shape \(3, K >= 1, 16, 16\) for 64x64"
+    with pytest.raises(ValueError, match=bad_shape):
         fifo.FIFOStream(bb, "a red ball", CFG, known=torch.zeros(3, 4, 8, 8))
     with pytest.raises(ValueError, match="not both"):
         s = fifo.FIFOStream(bb, "a red ball", CFG)
@@ -121,8 +123,6 @@ def test_bad_known_inputs_get_clear_errors(bb, tmp_path):
 
 def cli(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    import os
-
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run([sys.executable, "-m", "fifo", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
@@ -194,7 +194,8 @@ def test_wan_encoder_is_causal_1_plus_4k(tiny):
     assert known_latents(bb, frames[:8], 32, 32).shape[1] == 2  # the last 5 of 8 frames
     dec = bb.decoder()
     with torch.no_grad():
-        ref = bb.vae.decode(bb.vae.encode(to_unit(frames, bb.device, torch.float32).transpose(0, 1)[None]).latent_dist.mode()).sample
+        video = to_unit(frames, bb.device, torch.float32).transpose(0, 1)[None]  # (1, 3, 9, H, W)
+        ref = bb.vae.decode(bb.vae.encode(video).latent_dist.mode()).sample
     torch.testing.assert_close(dec.decode_float(z), ref.clamp(-1, 1)[0].transpose(0, 1), atol=1e-5, rtol=1e-5)
     assert bb.decoder().decode(z).shape == (9, 32, 32, 3)
 

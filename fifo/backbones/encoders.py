@@ -158,7 +158,9 @@ def known_latents(backbone, frames: np.ndarray, height: int, width: int, max_lat
     return backbone.encode_frames(frames[len(frames) - n :])
 
 
-def load_known(backbone, path: str | os.PathLike, kind: str, height: int, width: int, max_latents: int | None = None) -> torch.Tensor:
+def load_known(
+    backbone, path: str | os.PathLike, kind: str, height: int, width: int, max_latents: int | None = None
+) -> torch.Tensor:
     """A picture (`kind="image"`) or clip (`kind="video"`) file -> known latents for `backbone` (see `known_latents`).
 
     A clip must give at least two latent frames (2 frames; 1 + tc for a causal VAE) so that its
@@ -178,7 +180,8 @@ def load_known(backbone, path: str | os.PathLike, kind: str, height: int, width:
         need = 1 + tc
         if len(frames) < need:
             raise ValueError(
-                f"clip {Path(path).name!r} has {len(frames)} frame(s): {backbone.name} needs at least {need} to carry its motion on"
+                f"clip {Path(path).name!r} has {len(frames)} frame(s): {backbone.name} needs at least {need}"
+                " to carry its motion on"
                 " (start from a single picture with an image instead)"
             )
     return known_latents(backbone, frames, height, width, max_latents)
