@@ -46,7 +46,7 @@ class FIFOState:
     decoder_state: dict = field(default_factory=dict)
     pending: torch.Tensor | None = None  # (N, H, W, 3) uint8: decoded but not yet yielded
     meta: dict = field(default_factory=dict)  # what made it: {"prompt": schedule text, "negative_prompt": str}
-    known: dict = field(default_factory=dict)  # a run seeded from known frames: {"latents": (C, K, lh, lw), "video_start": int}
+    known: dict = field(default_factory=dict)  # a run from known frames: {"latents": (C, K, lh, lw), "video_start", "primed": int}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the state to one file (torch.save of plain tensors, ints and strings)."""
@@ -119,6 +119,7 @@ class FIFOStream:
         self._steer_lock = threading.Lock()
         self._claimed = self.step_index - 1  # the last step that may have read the schedule
         self.warmup = cfg.warmup_frames  # latent frames popped before the video starts
+        self._primed = 0  # latents a causal decoder decoded before the video's first (known frames)
         self._known: torch.Tensor | None = None  # (C, Kt, lh, lw): latent frames 0..Kt-1 of the run, known
         if known is not None:
             if state is not None:
@@ -133,6 +134,7 @@ class FIFOStream:
             if state.known:
                 self._known = state.known["latents"].to(dev, torch.float32)
                 self.warmup = int(state.known["video_start"])
+                self._primed = int(state.known["primed"])
 
     def _check_resume(self, state: FIFOState, config: FIFOConfig, seed, height, width):
         """Take the layout, seed and size from the state; refuse a request that contradicts it."""
@@ -159,8 +161,13 @@ class FIFOStream:
 
     def _prompt_of_latent(self, latent_frame: int) -> str:
         """The prompt of the video frame that latent frame `latent_frame` becomes."""
-        j = latent_frame - self.warmup
-        return self.schedule.prompt_at(video_frames_before(j, self.backbone.temporal_compression))
+        return self.schedule.prompt_at(self._video_frame_of(latent_frame))
+
+    def _video_frame_of(self, latent_frame: int) -> int:
+        """The first video frame latent frame `latent_frame` decodes to (0 for warm-up and known frames)."""
+        tc, p = self.backbone.temporal_compression, self._primed
+        j = max(latent_frame - self.warmup, 0)
+        return video_frames_before(j + p, tc) - video_frames_before(p, tc)  # after known frames a causal latent gives tc
 
     # -- steering: prompt changes while the stream runs --------------------------------------------
 
@@ -180,8 +187,7 @@ class FIFOStream:
             return self._earliest_frame()
 
     def _earliest_frame(self) -> int:
-        tc = self.backbone.temporal_compression
-        return max(1, video_frames_before(self._consulted_latent() + 1 - self.warmup, tc))
+        return max(1, self._video_frame_of(self._consulted_latent() + 1))
 
     def change_prompt(self, prompt: str, frame: int | None = None, entry: str = "tail") -> int:
         """Add a schedule entry while the stream runs (thread-safe, between steps); returns its video frame.
@@ -202,9 +208,8 @@ class FIFOStream:
         with self._steer_lock:
             earliest = self._earliest_frame()
             if frame is None:
-                tc = self.backbone.temporal_compression
                 tail = self._claimed + 1 + self.L - 1  # the newest frame of the next step's queue
-                frame = earliest if entry == "head" else max(earliest, video_frames_before(tail - self.warmup, tc))
+                frame = earliest if entry == "head" else max(earliest, self._video_frame_of(tail))
             elif isinstance(frame, bool) or not isinstance(frame, int) or frame < earliest:
                 read = earliest - 1
                 raise ValueError(f"frame={frame!r}: the run has read the prompts up to frame {read}; give a frame >= {earliest}")
@@ -229,6 +234,7 @@ class FIFOStream:
         known = known.detach().to(self.backbone.device, torch.float32)
         if self._decoder.state_dict():  # a causal decoder: carry its cache through the known frames, output unused
             self._decoder.decode(known)
+            self._primed = known.shape[1]
         U = min(known.shape[1], self.L)
         pre = self.L - max(U, self.f)
         used = known[:, -U:]  # (C, U, lh, lw)
@@ -411,7 +417,7 @@ class FIFOStream:
                 popped_index = self.step_index
                 latent = self.step()
                 if popped_index >= self.warmup:
-                    self._decode_popped(latent, popped_index - self.warmup)
+                    self._decode_popped(latent, popped_index - self.warmup + self._primed)
                 if self._stop_requested(callback, num_frames - left):
                     self._drain()
                     left = min(left, len(self._pending))  # stop: hand out what was stepped
@@ -421,7 +427,7 @@ class FIFOStream:
     decodes = True  # False on ranks that only step
 
     def _decode_popped(self, latent: torch.Tensor, video_latent: int) -> None:
-        """Decode the popped latent (the video's `video_latent`-th) into the pending frames."""
+        """Decode the popped latent (the decoder's `video_latent`-th, known latents it was primed with counted)."""
         self._pending = self._decoder.decode(latent[:, None])
 
     def _collect_ready(self, left: int) -> bool:
@@ -468,7 +474,9 @@ class FIFOStream:
             decoder_state=self._decoder.state_dict(),
             pending=torch.from_numpy(self._pending.copy()),
             meta={"prompt": self.schedule.to_text(), "negative_prompt": self.negative_prompt},
-            known={} if self._known is None else {"latents": self._known.detach().to("cpu", copy=True), "video_start": self.warmup},
+            known={} if self._known is None else {
+                "latents": self._known.detach().to("cpu", copy=True), "video_start": self.warmup, "primed": self._primed
+            },
         )
 
 
