@@ -125,6 +125,9 @@ class FIFOStream:
             if state is not None:
                 raise ValueError("known frames start a new run: give known frames or a state to continue, not both")
             self._set_known(known)
+        for (_, a), (_, b), n in zip(self.schedule.entries, self.schedule.entries[1:], self.schedule.blends[1:]):
+            if n:  # a schedule with fades the backbone cannot blend fails here, not mid-run
+                self._blended(a, b, 0.5)
         if state is not None:
             self.queue = state.queue.to(dev, torch.float32)
             self.step_index, self.frames_emitted = state.step, state.frames_emitted
@@ -163,6 +166,28 @@ class FIFOStream:
         """The prompt of the video frame that latent frame `latent_frame` becomes."""
         return self.schedule.prompt_at(self._video_frame_of(latent_frame))
 
+    def _cond_of_latent(self, latent_frame: int) -> Any:
+        """The conditioning of latent frame `latent_frame`: its prompt's, or a blend of two inside a fade."""
+        schedule = self.schedule  # read once: a prompt change swaps the reference
+        if not schedule.blends:
+            return self._cond(schedule.prompt_at(self._video_frame_of(latent_frame)))
+        a, b, w = schedule.blend_at(self._video_frame_of(latent_frame))
+        return self._cond(b) if a == b or w >= 1 else self._blended(a, b, w)
+
+    def _blended(self, a: str, b: str, w: float) -> Any:
+        """`(1 - w) cond(a) + w cond(b)`, field by field, for conditioning made of same-shape tensors; cached."""
+        key = (a, b, w)
+        if key not in self._conds:
+            ca, cb = self._cond(a), self._cond(b)
+            names = [f.name for f in dataclasses.fields(ca)] if dataclasses.is_dataclass(ca) and type(ca) is type(cb) else []
+            ok = names and all(
+                torch.is_tensor(getattr(ca, n)) and getattr(ca, n).shape == getattr(cb, n).shape for n in names
+            )
+            if not ok:
+                raise ValueError(f"{self.backbone.name} cannot blend prompts (its conditioning is not text embeddings): use blend=0")
+            self._conds[key] = dataclasses.replace(ca, **{n: torch.lerp(getattr(ca, n), getattr(cb, n), w) for n in names})
+        return self._conds[key]
+
     def _video_frame_of(self, latent_frame: int) -> int:
         """The first video frame latent frame `latent_frame` decodes to (0 for warm-up and known frames)."""
         tc, p = self.backbone.temporal_compression, self._primed
@@ -189,7 +214,7 @@ class FIFOStream:
     def _earliest_frame(self) -> int:
         return max(1, self._video_frame_of(self._consulted_latent() + 1))
 
-    def change_prompt(self, prompt: str, frame: int | None = None, entry: str = "tail") -> int:
+    def change_prompt(self, prompt: str, frame: int | None = None, entry: str = "tail", blend: int = 0) -> int:
         """Add a schedule entry while the stream runs (thread-safe, between steps); returns its video frame.
 
         `prompt` holds from video frame `frame` on (entries at or after it are replaced). Without
@@ -197,6 +222,8 @@ class FIFOStream:
         the screen about one queue length (`L` latent frames) after it is made and sweeps through
         the whole queue; "head" is the earliest frame no window has read a prompt for yet, about
         `f / 2` latent frames sooner than "tail" and seen only by the noisier half of the windows.
+        `blend > 0` fades the new prompt in over that many video frames, interpolating the two
+        prompts' conditioning (text-embedding backbones only; the toy world refuses).
         The entry lands in `self.schedule`, so a fresh run with the recorded schedule (same seed
         and settings) remakes the video frame for frame.
         """
@@ -205,6 +232,10 @@ class FIFOStream:
         if not isinstance(prompt, str) or not prompt.strip() or "\n" in prompt:
             raise ValueError(f"prompt={prompt!r}: must be one non-empty line")
         self._cond(prompt.strip())  # a prompt the backbone refuses fails here, not mid-run
+        if isinstance(blend, bool) or not isinstance(blend, int) or blend < 0:
+            raise ValueError(f"blend={blend!r}: must be a non-negative integer (video frames)")
+        if blend:
+            self._blended(self.schedule.entries[-1][1], prompt.strip(), 0.5)  # a backbone that cannot blend fails here
         with self._steer_lock:
             earliest = self._earliest_frame()
             if frame is None:
@@ -213,7 +244,7 @@ class FIFOStream:
             elif isinstance(frame, bool) or not isinstance(frame, int) or frame < earliest:
                 read = earliest - 1
                 raise ValueError(f"frame={frame!r}: the run has read the prompts up to frame {read}; give a frame >= {earliest}")
-            self.schedule = self.schedule.with_change(frame, prompt)  # one reference swap: steps read old or new, same prompts
+            self.schedule = self.schedule.with_change(frame, prompt, blend)  # one reference swap: steps read old or new, same prompts
         return frame
 
     # -- known frames: a run that continues the user's clip ----------------------------------------
@@ -297,7 +328,7 @@ class FIFOStream:
             self._batch_t[key] = torch.stack([self._slot_t[w.start : w.stop] for w in batch])
         if len(self.schedule.entries) == 1:  # one prompt: one cond for the whole batch
             return self._batch_t[key], self._cond(self.schedule.entries[0][1])
-        conds = [self._cond(self._prompt_of_latent(k + (w.start + w.stop) // 2 - self.h)) for w in batch]
+        conds = [self._cond_of_latent(k + (w.start + w.stop) // 2 - self.h) for w in batch]
         return self._batch_t[key], conds
 
     def _window_outputs(self, queue: torch.Tensor, batches: list[list[Window]]) -> list[tuple[Window, torch.Tensor]]:
@@ -341,7 +372,7 @@ class FIFOStream:
             self._fill_known()
             return
         x = keyed_normal_frames(self.latent_shape, self.seed, BASE, list(range(f)), [0] * f).to(dev)  # (C, f, lh, lw)
-        cond = [self._cond(self._prompt_of_latent(L - f))]
+        cond = [self._cond_of_latent(L - f)]
         for i in reversed(range(L)):  # every frame of the clip from rung i to i - 1
             t = lad.timesteps[i].float().to(dev).expand(1, f)
             x, t = self._known_clip_frames(x, t, L - f)

@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 import fifo
 from fifo.backbones.toy import ToyBackbone, locate_sprite, parse_prompt
@@ -153,3 +154,57 @@ def test_a_saved_state_keeps_the_change_and_continues_exactly(bb, steered, tmp_p
     st = fifo.FIFOState.load(tmp_path / "s.pt")
     rest = list(fifo.generate(bb, st.meta["prompt"], FRAMES - 30, state=st))
     assert np.array_equal(np.stack(first + rest), steered[1])
+
+
+# -- fades: interpolated conditioning over a span of frames ------------------------------------------
+
+
+def test_schedule_blends_parse_print_and_weigh():
+    sch = PromptSchedule.parse("0: a\n10~4: b\n30: c")
+    assert sch.blends == (0, 4, 0) and sch.to_text() == "0: a\n10~4: b\n30: c"
+    assert PromptSchedule.parse(sch.to_text()) == sch and PromptSchedule.parse("0: a\n10: b").blends == ()
+    assert [sch.blend_at(i) for i in (9, 10, 13, 14)] == [("a", "a", 1.0), ("a", "b", 0.2), ("a", "b", 0.8), ("b", "b", 1.0)]
+    assert sch.with_change(12, "d", 3).to_text() == "0: a\n10~2: b\n12~3: d"  # the fade into b ends where d starts
+    with pytest.raises(ValueError, match="the blend from frame 10 spans 40 frames, past the next entry at frame 30"):
+        PromptSchedule.parse("0: a\n10~40: b\n30: c")
+
+
+@pytest.fixture(scope="module")
+def unet():
+    from test_backbones import unet_backbone
+
+    return unet_backbone(False)
+
+
+def test_a_fade_interpolates_the_conditioning_and_remakes_exactly(unet, monkeypatch):
+    seen = []
+    denoise = unet.denoise
+    monkeypatch.setattr(unet, "denoise", lambda x, t, cond, g: seen.append(cond) or denoise(x, t, cond, g))
+    s = fifo.FIFOStream(unet, "a red ball", seed=0)
+    frames = []
+    for i, frame in enumerate(s.frames(12)):
+        frames.append(frame)
+        if i == 1:
+            at = s.change_prompt("a blue cat", blend=4)
+    assert s.schedule.to_text() == f"0: a red ball\n{at}~4: a blue cat"
+    a, b = unet.encode_prompt("a red ball"), unet.encode_prompt("a blue cat")
+    weights = set()
+    for conds in seen:
+        for c in conds if isinstance(conds, list) else [conds]:
+            d, e = (c.positive - a.positive).flatten(), (b.positive - a.positive).flatten()
+            w = round(float(d @ e / (e @ e)), 4)
+            torch.testing.assert_close(c.positive, torch.lerp(a.positive, b.positive, w), atol=1e-5, rtol=0)  # exactly on the line
+            weights.add(w)
+    assert weights == {0.0, 0.2, 0.4, 0.6, 0.8, 1.0}  # (i + 1) / (4 + 1) over the 4 fading frames
+    monkeypatch.undo()
+    again = np.stack(list(fifo.generate(unet, s.schedule.to_text(), 12, seed=0)))
+    assert np.array_equal(again, np.stack(frames))
+
+
+def test_the_toy_world_refuses_fades_clearly(bb):
+    s = fifo.FIFOStream(bb, RIGHT, CFG, seed=0)
+    with pytest.raises(ValueError, match="toy cannot blend prompts"):
+        s.change_prompt(UP, blend=4)
+    assert s.schedule.entries == ((0, RIGHT),)
+    with pytest.raises(ValueError, match="toy cannot blend prompts"):
+        fifo.FIFOStream(bb, f"0: {RIGHT}\n20~4: {UP}", CFG)
