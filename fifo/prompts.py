@@ -23,15 +23,6 @@ class PromptSchedule:
     def __post_init__(self) -> None:
         if not self.entries:
             raise ValueError("prompt schedule is empty: give at least one prompt")
-        if self.blends:
-            b = self.blends
-            if len(b) != len(self.entries) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in b) or b[0]:
-                raise ValueError(f"blends={b!r}: one non-negative integer per entry, 0 for the first")
-            for (s0, _), (s1, _), n in zip(self.entries, self.entries[1:], b):
-                if n > s1 - s0:
-                    raise ValueError(f"the blend from frame {s0} spans {n} frames, past the next entry at frame {s1}")
-            if not any(b):
-                object.__setattr__(self, "blends", ())
         starts = [s for s, _ in self.entries]
         if starts[0] != 0:
             raise ValueError(f"prompt schedule starts at frame {starts[0]}: the first prompt must start at frame 0")
@@ -41,6 +32,15 @@ class PromptSchedule:
         for s, p in self.entries:
             if not isinstance(p, str) or not p.strip():
                 raise ValueError(f"prompt at frame {s} is empty")
+        if self.blends:
+            b = self.blends
+            if len(b) != len(self.entries) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in b) or b[0]:
+                raise ValueError(f"blends={b!r}: one non-negative integer per entry, 0 for the first")
+            for (s0, _), (s1, _), n in zip(self.entries, self.entries[1:], b):
+                if n > s1 - s0:
+                    raise ValueError(f"the blend from frame {s0} spans {n} frames, past the next entry at frame {s1}")
+            if not any(b):
+                object.__setattr__(self, "blends", ())
 
     @classmethod
     def parse(cls, text: str) -> "PromptSchedule":
