@@ -231,11 +231,12 @@ class FIFOStream:
             raise ValueError(f"entry={entry!r}: allowed are {ENTRY_POINTS}")
         if not isinstance(prompt, str) or not prompt.strip() or "\n" in prompt:
             raise ValueError(f"prompt={prompt!r}: must be one non-empty line")
-        self._cond(prompt.strip())  # a prompt the backbone refuses fails here, not mid-run
         if isinstance(blend, bool) or not isinstance(blend, int) or blend < 0:
             raise ValueError(f"blend={blend!r}: must be a non-negative integer (video frames)")
-        if blend:
-            self._blended(self.schedule.entries[-1][1], prompt.strip(), 0.5)  # a backbone that cannot blend fails here
+        with torch.no_grad():  # called from the app's thread, outside the stream's inference mode
+            self._cond(prompt.strip())  # a prompt the backbone refuses fails here, not mid-run
+            if blend:
+                self._blended(self.schedule.entries[-1][1], prompt.strip(), 0.5)  # a backbone that cannot blend fails here
         with self._steer_lock:
             earliest = self._earliest_frame()
             if frame is None:
