@@ -7,7 +7,9 @@
 """
 
 from .backbones import BACKBONES, Backbone, BackboneDefaults, BackboneSpec, Decoder, load_backbone
+from .backbones.encoders import known_latents, load_known
 from .config import FIFOConfig
+from .drift import DriftMeter
 from .engine import FIFOState, FIFOStream, generate, latents_for_frames
 from .prompts import PromptSchedule
 from .schedule import Ladder, NoiseSchedule, Window, make_ladder, windows
@@ -18,6 +20,7 @@ __all__ = [
     "BackboneDefaults",
     "BackboneSpec",
     "Decoder",
+    "DriftMeter",
     "FIFOConfig",
     "FIFOState",
     "FIFOStream",
@@ -26,8 +29,10 @@ __all__ = [
     "PromptSchedule",
     "Window",
     "generate",
+    "known_latents",
     "latents_for_frames",
     "load_backbone",
+    "load_known",
     "make_ladder",
     "windows",
 ]

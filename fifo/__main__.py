@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=int, default=None, help="frames per second of the video")
     g.add_argument("--warmup", choices=("discard", "keep"), default="discard", help="keep the L-f warm-up frames?")
     g.add_argument("--window-batch", type=int, default=None, help="windows per forward call (default: all)")
+    k = p.add_argument_group("known frames (start from the user's own media)")
+    k.add_argument("--init-video", type=Path, help="continue this clip: the video holds --frames new frames after its last frame")
+    k.add_argument("--init-image", type=Path, help="start from this picture: the video is the picture, then --frames new frames")
     r = p.add_argument_group("device and state")
     r.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     r.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="model dtype")
@@ -289,8 +292,11 @@ def _main(args: argparse.Namespace, stop: _Stopper) -> int:
             )
             if backbone.device.type == "cpu":
                 keep_freed_memory()  # ~25% faster steps on a CPU (fifo/cpu.py)
+            known, first = _known_frames(args, backbone, config)
             try:
-                stream = dist.stream_class(backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state)
+                stream = dist.stream_class(
+                    backbone, prompt, config, args.seed, args.negative_prompt, args.height, args.width, state, known=known
+                )
             except ValueError as e:
                 if state is not None and str(e).startswith("state field"):  # the state does not fit the model
                     raise ValueError(f"--resume {args.resume}: {e}") from None
@@ -301,7 +307,7 @@ def _main(args: argparse.Namespace, stop: _Stopper) -> int:
                 for _ in stream.frames(num_frames, lambda info: stop.requested is not None):
                     pass  # other ranks step in lockstep; rank 0 decodes and writes
                 return 0
-            return _write(stream, num_frames, args, VideoWriter, stop)
+            return _write(stream, num_frames, args, VideoWriter, stop, first)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -312,9 +318,29 @@ def _main(args: argparse.Namespace, stop: _Stopper) -> int:
         raise
 
 
-def _write(stream, num_frames: int, args, VideoWriter, stop: _Stopper) -> int:
+def _known_frames(args, backbone, config):
+    """The known latents of --init-video / --init-image (or None), and the frames to write before the new ones."""
+    from .backbones.encoders import fit_frames, load_known, read_image
+
+    if args.init_video is not None and args.init_image is not None:
+        raise ValueError("give --init-video or --init-image, not both")
+    path, kind = (args.init_video, "video") if args.init_video is not None else (args.init_image, "image")
+    if path is None:
+        return None, []
+    if args.resume is not None:
+        raise ValueError(f"--init-{kind} starts a new video; --resume continues a saved one: give one of them")
+    height = args.height if args.height is not None else backbone.defaults.height
+    width = args.width if args.width is not None else backbone.defaults.width
+    known = load_known(backbone, path, kind, height, width, max_latents=config.resolve(backbone).queue_length)
+    first = list(fit_frames(read_image(path), height, width)) if kind == "image" else []
+    return known, first
+
+
+def _write(stream, num_frames: int, args, VideoWriter, stop: _Stopper, first=()) -> int:
     """Stream frames into the MP4 with a progress bar; a stop keeps what was made (see _Stopper)."""
     from tqdm import tqdm
+
+    from .video import VideoError, retag_video
 
     cfg = stream.config
     meta = {
@@ -338,11 +364,20 @@ def _write(stream, num_frames: int, args, VideoWriter, stop: _Stopper) -> int:
         return stop.requested is not None
 
     frames = stream.frames(num_frames, stop_after_step)
+    if args.init_video is not None or args.init_image is not None:
+        meta["init"] = "video" if args.init_video is not None else "image"  # the media itself is not recorded
+    from .drift import DriftMeter
+
+    meter = DriftMeter(cfg.fps)
     writer = VideoWriter(args.output, cfg.fps, metadata={"comment": json.dumps(meta)})
+    for frame in first:  # --init-image: the picture opens the video
+        writer.write(frame)
+        meter.add(frame)
     try:
         try:
             stop.graceful = True
             for frame in frames:
+                meter.add(frame)
                 if n == 0:
                     bar.set_description("frames")
                 stop.critical = True  # a frame is handed to ffmpeg whole or not at all
@@ -381,8 +416,14 @@ def _write(stream, num_frames: int, args, VideoWriter, stop: _Stopper) -> int:
         print(f"error: stopped before the first frame; nothing written{saved}", file=sys.stderr)
         return stop.exit_status
     secs = time.perf_counter() - start
+    meter.finish()
+    try:
+        retag_video(args.output, {"comment": json.dumps(meta), **meter.metadata()})
+    except VideoError as e:
+        print(f"warning: pixel statistics not written into {args.output.name}: {e}", file=sys.stderr)
     note = " (stopped early)" if stopped else ""
     print(f"wrote {args.output}: {n} frames{note} in {secs:.1f} s, {secs / n:.3f} s/frame, {_peak_memory()}{saved}")
+    print(meter.summary_line())
     return stop.exit_status if stopped else 0
 
 

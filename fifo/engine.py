@@ -13,6 +13,7 @@ import dataclasses
 import os
 import pickle
 import secrets
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from .schedule import Window, make_ladder, slot_timesteps, window_batches
 from .solvers import step_coefficients
 
 Callback = Callable[[dict[str, Any]], Any]
+KNOWN = 5  # noise stream of the known frames' re-noising (fifo.noise's streams are 1-4)
+ENTRY_POINTS = ("tail", "head")  # where `FIFOStream.change_prompt` enters a change by default
 _LAYOUT_FIELDS = ("frames_per_window", "partitions", "lookahead", "warmup")
 
 
@@ -47,6 +50,7 @@ class FIFOState:
     decoder_state: dict = field(default_factory=dict)
     pending: torch.Tensor | None = None  # (N, H, W, 3) uint8: decoded but not yet yielded
     meta: dict = field(default_factory=dict)  # what made it: {"prompt": schedule text, "negative_prompt": str}
+    known: dict = field(default_factory=dict)  # a run from known frames: {"latents": (C, K, lh, lw), "video_start", "primed": int}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the state to one file (torch.save of plain tensors, ints and strings), atomically."""
@@ -99,7 +103,7 @@ class FIFOState:
 
 
 _STATE_REQUIRED = ("queue", "step", "frames_emitted", "seed", "backbone", "config", "height", "width")
-_STATE_OPTIONAL = ("decoder_state", "pending", "meta")  # files from older versions may lack them
+_STATE_OPTIONAL = ("decoder_state", "pending", "meta", "known")  # files from older versions may lack them
 # Config keys a state needs: the queue layout, and the video's frame rate.
 _STATE_CONFIG_REQUIRED = ("frames_per_window", "partitions", "lookahead", "eta", "guidance_scale", "fps", "warmup")
 
@@ -182,6 +186,20 @@ def _checked_state_fields(d: object) -> dict[str, Any]:
         if k in meta and not isinstance(meta[k], str):
             raise bad("meta", f"{k!r} must be a string, got {_short(meta[k])}")
     out["meta"] = meta
+    known = d.get("known", {})
+    if not isinstance(known, dict):
+        raise bad("known", f"must be a dict, got {type(known).__name__}")
+    if known:
+        lat = known.get("latents")
+        if not isinstance(lat, torch.Tensor) or not lat.is_floating_point() or lat.ndim != 4 or 0 in lat.shape:
+            raise bad("known", f"'latents' must be a floating-point tensor (C, K, lh, lw), got {_short(lat)}")
+        if (lat.shape[0], *lat.shape[2:]) != (q.shape[0], *q.shape[2:]) or not torch.isfinite(lat).all():
+            raise bad("known", f"'latents' of shape {tuple(lat.shape)} do not fit the queue {tuple(q.shape)}")
+        for k in ("video_start", "primed"):
+            v = known.get(k)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= lat.shape[1] + slots:
+                raise bad("known", f"{k!r} must be an integer in [0, {lat.shape[1] + slots}], got {_short(v)}")
+    out["known"] = known
     return out
 
 
@@ -213,6 +231,7 @@ class FIFOStream:
         height: int | None = None,
         width: int | None = None,
         state: FIFOState | None = None,
+        known: torch.Tensor | None = None,
     ) -> None:
         self.backbone = backbone
         self.schedule = PromptSchedule.coerce(prompt)
@@ -246,12 +265,28 @@ class FIFOStream:
         self.step_index = 0
         self.frames_emitted = 0
         self._pending = np.zeros((0, self.height, self.width, 3), np.uint8)
+        self._steer_lock = threading.Lock()
+        self._claimed = self.step_index - 1  # the last step that may have read the schedule
+        self.warmup = cfg.warmup_frames  # latent frames popped before the video starts
+        self._primed = 0  # latents a causal decoder decoded before the video's first (known frames)
+        self._known: torch.Tensor | None = None  # (C, Kt, lh, lw): latent frames 0..Kt-1 of the run, known
+        if known is not None:
+            if state is not None:
+                raise ValueError("known frames start a new run: give known frames or a state to continue, not both")
+            self._set_known(known)
+        for (_, a), (_, b), n in zip(self.schedule.entries, self.schedule.entries[1:], self.schedule.blends[1:]):
+            if n:  # a schedule with fades the backbone cannot blend fails here, not mid-run
+                self._blended(a, b, 0.5)
         if state is not None:
             self.queue = state.queue.to(dev, torch.float32)
             self.step_index, self.frames_emitted = state.step, state.frames_emitted
             self._decoder.load_state_dict(state.decoder_state)
             if state.pending is not None:
                 self._pending = state.pending.numpy()
+            if state.known:
+                self._known = state.known["latents"].to(dev, torch.float32)
+                self.warmup = int(state.known["video_start"])
+                self._primed = int(state.known["primed"])
 
     def _check_resume(self, state: FIFOState, config: FIFOConfig, seed, height, width):
         """Take the layout, seed and size from the state; refuse a request that contradicts it."""
@@ -277,8 +312,155 @@ class FIFOStream:
 
     def _prompt_of_latent(self, latent_frame: int) -> str:
         """The prompt of the video frame that latent frame `latent_frame` becomes."""
-        j = latent_frame - self.config.warmup_frames
-        return self.schedule.prompt_at(video_frames_before(j, self.backbone.temporal_compression))
+        return self.schedule.prompt_at(self._video_frame_of(latent_frame))
+
+    def _cond_of_latent(self, latent_frame: int) -> Any:
+        """The conditioning of latent frame `latent_frame`: its prompt's, or a blend of two inside a fade."""
+        schedule = self.schedule  # read once: a prompt change swaps the reference
+        if not schedule.blends:
+            return self._cond(schedule.prompt_at(self._video_frame_of(latent_frame)))
+        a, b, w = schedule.blend_at(self._video_frame_of(latent_frame))
+        return self._cond(b) if a == b or w >= 1 else self._blended(a, b, w)
+
+    def _blended(self, a: str, b: str, w: float) -> Any:
+        """`(1 - w) cond(a) + w cond(b)`, field by field, for conditioning made of same-shape tensors; cached."""
+        key = (a, b, w)
+        if key not in self._conds:
+            ca, cb = self._cond(a), self._cond(b)
+            names = [f.name for f in dataclasses.fields(ca)] if dataclasses.is_dataclass(ca) and type(ca) is type(cb) else []
+            ok = names and all(
+                torch.is_tensor(getattr(ca, n)) and getattr(ca, n).shape == getattr(cb, n).shape for n in names
+            )
+            if not ok:
+                raise ValueError(f"{self.backbone.name} cannot blend prompts (its conditioning is not text embeddings): use blend=0")
+            self._conds[key] = dataclasses.replace(ca, **{n: torch.lerp(getattr(ca, n), getattr(cb, n), w) for n in names})
+        return self._conds[key]
+
+    def _video_frame_of(self, latent_frame: int) -> int:
+        """The first video frame latent frame `latent_frame` decodes to (0 for warm-up and known frames)."""
+        tc, p = self.backbone.temporal_compression, self._primed
+        j = max(latent_frame - self.warmup, 0)
+        return video_frames_before(j + p, tc) - video_frames_before(p, tc)  # after known frames a causal latent gives tc
+
+    # -- steering: prompt changes while the stream runs --------------------------------------------
+
+    def _claim_step(self) -> None:
+        """Mark the step about to run; a prompt change made after this point cannot reach its windows."""
+        with self._steer_lock:
+            self._claimed = self.step_index
+
+    def _consulted_latent(self) -> int:
+        """The last latent frame whose prompt a started step (or the warm start) may have read."""
+        mid = max((w.start + w.stop) // 2 for w in self.config.windows) - self.h  # a window's prompt: its middle frame's
+        return max(self._claimed + mid, self.L - self.f)
+
+    def earliest_change_frame(self) -> int:
+        """The first video frame a prompt change made now can take effect from, exactly reproducibly."""
+        with self._steer_lock:
+            return self._earliest_frame()
+
+    def _earliest_frame(self) -> int:
+        return max(1, self._video_frame_of(self._consulted_latent() + 1))
+
+    def change_prompt(self, prompt: str, frame: int | None = None, entry: str = "tail", blend: int = 0) -> int:
+        """Add a schedule entry while the stream runs (thread-safe, between steps); returns its video frame.
+
+        `prompt` holds from video frame `frame` on (entries at or after it are replaced). Without
+        `frame`, `entry` picks it: "tail" is the newest frame in the queue, so the change reaches
+        the screen about one queue length (`L` latent frames) after it is made and sweeps through
+        the whole queue; "head" is the earliest frame no window has read a prompt for yet, about
+        `f / 2` latent frames sooner than "tail" and seen only by the noisier half of the windows.
+        `blend > 0` fades the new prompt in over that many video frames, interpolating the two
+        prompts' conditioning (text-embedding backbones only; the toy world refuses).
+        The entry lands in `self.schedule`, so a fresh run with the recorded schedule (same seed
+        and settings) remakes the video frame for frame.
+        """
+        if entry not in ENTRY_POINTS:
+            raise ValueError(f"entry={entry!r}: allowed are {ENTRY_POINTS}")
+        if not isinstance(prompt, str) or not prompt.strip() or "\n" in prompt:
+            raise ValueError(f"prompt={prompt!r}: must be one non-empty line")
+        if isinstance(blend, bool) or not isinstance(blend, int) or blend < 0:
+            raise ValueError(f"blend={blend!r}: must be a non-negative integer (video frames)")
+        with torch.no_grad():  # called from the app's thread, outside the stream's inference mode
+            self._cond(prompt.strip())  # a prompt the backbone refuses fails here, not mid-run
+            if blend:
+                self._blended(self.schedule.entries[-1][1], prompt.strip(), 0.5)  # a backbone that cannot blend fails here
+        with self._steer_lock:
+            earliest = self._earliest_frame()
+            if frame is None:
+                tail = self._claimed + 1 + self.L - 1  # the newest frame of the next step's queue
+                frame = earliest if entry == "head" else max(earliest, self._video_frame_of(tail))
+            elif isinstance(frame, bool) or not isinstance(frame, int) or frame < earliest:
+                read = earliest - 1
+                raise ValueError(f"frame={frame!r}: the run has read the prompts up to frame {read}; give a frame >= {earliest}")
+            self.schedule = self.schedule.with_change(frame, prompt, blend)  # one reference swap: steps read old or new, same prompts
+        return frame
+
+    # -- known frames: a run that continues the user's clip ----------------------------------------
+
+    def _set_known(self, known: torch.Tensor) -> None:
+        """Lay the known latents (C, K, lh, lw) at the start of the run; the video starts after them.
+
+        The last `U = min(K, L)` of them are latent frames `P..P+U-1` of the run, `P` frames of
+        pre-roll (copies of the first, never shown) before them so that the queue's first state is
+        all known (`U >= f`: `P = L - U`) or the warm-start clip starts with them (`P = L - f`).
+        """
+        C, lh, lw = self.latent_shape
+        ok = torch.is_tensor(known) and known.dim() == 4 and known.shape[1] >= 1
+        if not ok or (known.shape[0], *known.shape[2:]) != (C, lh, lw) or not torch.isfinite(known).all():
+            shape = tuple(known.shape) if torch.is_tensor(known) else type(known).__name__
+            size = f"{self.height}x{self.width}"
+            raise ValueError(f"known latents of shape {shape}: expected finite values of shape ({C}, K >= 1, {lh}, {lw}) for {size}")
+        known = known.detach().to(self.backbone.device, torch.float32)
+        if self._decoder.state_dict():  # a causal decoder: carry its cache through the known frames, output unused
+            self._decoder.decode(known)
+            self._primed = known.shape[1]
+        U = min(known.shape[1], self.L)
+        pre = self.L - max(U, self.f)
+        used = known[:, -U:]  # (C, U, lh, lw)
+        self._known = torch.cat([used[:, :1].expand(-1, pre, -1, -1), used], dim=1)  # (C, Kt, lh, lw)
+        self.warmup = self._known.shape[1]
+
+    def _renoised_known(self, latents: list[int], alphas: torch.Tensor, sigmas: torch.Tensor, step: int) -> torch.Tensor:
+        """Known latent frames re-noised to the given levels with keyed noise, (C, len(latents), lh, lw)."""
+        dev = self.backbone.device
+        noise = keyed_normal_frames(self.latent_shape, self.seed, KNOWN, latents, [step] * len(latents)).to(dev)
+        a, s = (v.float().to(dev).view(1, -1, 1, 1) for v in (alphas, sigmas))
+        return a * self._known[:, latents] + s * noise
+
+    def _hold_known(self, main: torch.Tensor, k: int, stepped: bool = True) -> None:
+        """Set the main slots holding known frames (slot i: latent k + i) to the known frame at the slot's level.
+
+        After a step (`stepped`) slot i sits at rung i - 1 (slot 0: clean, so the known frame itself
+        is popped and becomes context); at the warm start at rung i.
+        """
+        if self._known is None or k >= self._known.shape[1]:
+            return
+        n = min(self._known.shape[1] - k, main.shape[1])
+        lad = self.ladder
+        a, s = (lad.next_alphas[:n], lad.next_sigmas[:n]) if stepped else (lad.alphas[:n], lad.sigmas[:n])
+        main[:, :n] = self._renoised_known(list(range(k, k + n)), a, s, k + 1 if stepped else 0)
+
+    def _known_clip_frames(self, x: torch.Tensor, t: torch.Tensor, first_latent: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The warm-start clip (C, f, lh, lw), latent frames `first_latent..`, and its timesteps (1, f), with
+        the known frames in it clean at timestep 0: context, as lookahead gives finished frames.
+
+        (Known frames re-noised to the clip's level instead leave the clip free to pick another
+        path while the noise is high: a picture's sprite then jumps; see docs/known-frames.md.)
+        """
+        n = 0 if self._known is None else min(self._known.shape[1] - first_latent, x.shape[1])
+        if n <= 0:
+            return x, t
+        x, t = x.clone(), t.clone()
+        x[:, :n] = self._known[:, first_latent : first_latent + n]
+        t[:, :n] = 0
+        return x, t
+
+    def _fill_known(self) -> None:
+        """The first queue when all L main frames are known: each at its rung's level; context: the first one."""
+        L, h, lad = self.L, self.h, self.ladder
+        main = self._renoised_known(list(range(L)), lad.alphas, lad.sigmas, 0)
+        self.queue = torch.cat([self._known[:, :1].expand(-1, h, -1, -1), main], dim=1)  # (C, h + L, lh, lw)
 
     # -- the model ------------------------------------------------------------------------------
 
@@ -295,7 +477,7 @@ class FIFOStream:
             self._batch_t[key] = torch.stack([self._slot_t[w.start : w.stop] for w in batch])
         if len(self.schedule.entries) == 1:  # one prompt: one cond for the whole batch
             return self._batch_t[key], self._cond(self.schedule.entries[0][1])
-        conds = [self._cond(self._prompt_of_latent(k + (w.start + w.stop) // 2 - self.h)) for w in batch]
+        conds = [self._cond_of_latent(k + (w.start + w.stop) // 2 - self.h) for w in batch]
         return self._batch_t[key], conds
 
     def _window_outputs(self, queue: torch.Tensor, batches: list[list[Window]]) -> list[tuple[Window, torch.Tensor]]:
@@ -335,23 +517,31 @@ class FIFOStream:
         """Sample one ordinary f-frame clip in L steps, then fill the queue with it, re-noised per rung."""
         f, L, h, lad = self.f, self.L, self.h, self.ladder
         dev = self.backbone.device
+        if self._known is not None and self._known.shape[1] >= L:  # the whole queue is known: no clip to sample
+            self._fill_known()
+            return
         x = keyed_normal_frames(self.latent_shape, self.seed, BASE, list(range(f)), [0] * f).to(dev)  # (C, f, lh, lw)
-        cond = [self._cond(self._prompt_of_latent(L - f))]
+        cond = [self._cond_of_latent(L - f)]
         for i in reversed(range(L)):  # every frame of the clip from rung i to i - 1
             t = lad.timesteps[i].float().to(dev).expand(1, f)
+            x, t = self._known_clip_frames(x, t, L - f)
             out = self._denoise(x[None], t, cond)[0]
             cx, cout, cn = (None if c is None else float(c[i]) for c in self._coef64)
             x = cx * x + cout * out
             if cn is not None:
                 x = x + cn * self._eta_noise([-1 - j for j in range(f)], L - i)
+            x, _ = self._known_clip_frames(x, t, L - f)
         src = [max(0, i - (L - f)) for i in range(L)]  # main slot i holds clip frame src[i]
         noise = keyed_normal_frames(self.latent_shape, self.seed, FILL, list(range(L)), [0] * L).to(dev)
         a, s = (v.float().to(dev).view(1, -1, 1, 1) for v in (lad.alphas, lad.sigmas))
         main = a * x[:, src] + s * noise
         self.queue = torch.cat([x[:, :1].expand(-1, h, -1, -1), main], dim=1)  # (C, h + L, lh, lw)
+        if self._known is not None:  # the clip's copies of known frames, re-noised, are replaced by the known ones
+            self._hold_known(self.queue[:, h:], 0, stepped=False)
 
     def step(self) -> torch.Tensor:
         """One diagonal denoising step: every main frame one rung down; returns the popped latent (C, lh, lw)."""
+        self._claim_step()
         if self.queue is None:
             self._warm_start()
         k, h, L = self.step_index, self.h, self.L
@@ -370,6 +560,7 @@ class FIFOStream:
             main[:, lo:hi].addcmul_(out, cout[:, lo:hi])
         if eta_noise is not None:
             main.addcmul_(eta_noise, cn)
+        self._hold_known(main, k)
         nxt[:, :keep] = queue[:, 1:h]
         nxt[:, keep + L] = tail
         popped = main[:, 0].clone()
@@ -405,8 +596,8 @@ class FIFOStream:
                     continue
                 popped_index = self.step_index
                 latent = self.step()
-                if popped_index >= self.config.warmup_frames:
-                    self._decode_popped(latent, popped_index - self.config.warmup_frames)
+                if popped_index >= self.warmup:
+                    self._decode_popped(latent, popped_index - self.warmup + self._primed)
                 if self._stop_requested(callback, num_frames - left):
                     self._drain()
                     left = min(left, len(self._pending))  # stop: hand out what was stepped
@@ -416,7 +607,7 @@ class FIFOStream:
     decodes = True  # False on ranks that only step
 
     def _decode_popped(self, latent: torch.Tensor, video_latent: int) -> None:
-        """Decode the popped latent (the video's `video_latent`-th) into the pending frames."""
+        """Decode the popped latent (the decoder's `video_latent`-th, known latents it was primed with counted)."""
         self._pending = self._decoder.decode(latent[:, None])
 
     def _collect_ready(self, left: int) -> bool:
@@ -440,7 +631,7 @@ class FIFOStream:
         return {
             "step": self.step_index,
             "frames_emitted": self.frames_emitted,
-            "warming_up": self.step_index <= self.config.warmup_frames,
+            "warming_up": self.step_index <= self.warmup,
             "timesteps": self._slot_t,  # (h + L,) model timestep of each slot, head first
             "queue": self.queue,  # (C, h + L, lh, lw), read only
             "preview": lambda: self.backbone.preview(self.queue),
@@ -463,6 +654,9 @@ class FIFOStream:
             decoder_state=self._decoder.state_dict(),
             pending=torch.from_numpy(self._pending.copy()),
             meta={"prompt": self.schedule.to_text(), "negative_prompt": self.negative_prompt},
+            known={} if self._known is None else {
+                "latents": self._known.detach().to("cpu", copy=True), "video_start": self.warmup, "primed": self._primed
+            },
         )
 
 

@@ -25,7 +25,7 @@ import imageio_ffmpeg
 import numpy as np
 
 __all__ = ["VideoError", "VideoWriter", "ChunkWriter", "write_video", "read_video", "probe_video", "check_metadata",
-           "format_ffmetadata", "ffmpeg_popen_options"]
+           "format_ffmetadata", "ffmpeg_popen_options", "retag_video"]
 
 
 class VideoError(RuntimeError):
@@ -238,6 +238,27 @@ class _TSChunk(VideoWriter):
         # B-frames the first chunk's negative DTS gets shifted) and consecutive chunks abut.
         return ["-bf", "0", "-output_ts_offset", f"{self.offset:.6f}", "-muxdelay", "0", "-muxpreload", "0",
                 "-f", "mpegts"]
+
+
+def retag_video(path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Replace a finished MP4's global tags (streams copied, file replaced atomically; tags never on argv)."""
+    path, metadata = Path(path), check_metadata(metadata)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    fd, name = tempfile.mkstemp(prefix="fifo-meta-", suffix=".txt")
+    with open(fd, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(format_ffmetadata(metadata))
+    custom = any(k not in _MP4_TAGS for k in metadata)
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(path),
+           "-f", "ffmetadata", "-i", name, "-map", "0", "-c", "copy", "-map_metadata", "1",
+           "-movflags", "+faststart" + ("+use_metadata_tags" if custom else ""), "-f", "mp4", str(tmp)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, **ffmpeg_popen_options())
+        if res.returncode != 0:
+            raise VideoError(f"cannot add tags to {path.name}: " + res.stderr.decode(errors="replace").strip()[-300:])
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(name).unlink(missing_ok=True)
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float,

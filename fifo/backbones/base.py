@@ -90,6 +90,10 @@ class Backbone(ABC):
     def decoder(self) -> Decoder:
         """A fresh decoder for one video."""
 
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 video frames (N, H, W, 3) at the run's size -> known latents (C, K, h, w) (see `encoders`)."""
+        raise ValueError(f"backbone {self.name!r} has no VAE encoder: it cannot start from a picture or clip")
+
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         """Latent (h, w) for a pixel size; raises ValueError for a size the model cannot take."""
         s = self.spatial_compression

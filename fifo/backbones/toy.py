@@ -305,6 +305,17 @@ class ToyBackbone(Backbone):
         """A decoder; it has no state, so any instance will do."""
         return ToyDecoder()
 
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) at this model's size -> latents (3, N, h, w): the decoder's fixed left inverse."""
+        from .encoders import check_frames
+
+        x = torch.from_numpy(np.array(check_frames(self, frames))).to(self.device, torch.float64)
+        x = x.permute(0, 3, 1, 2)  # (N, 3, H, W) in 8-bit levels
+        down_h = torch.linalg.pinv(_upsample_matrix(x.shape[-2] // COMPRESSION, self.device).double())
+        down_w = torch.linalg.pinv(_upsample_matrix(x.shape[-1] // COMPRESSION, self.device).double())
+        z = (down_h @ x @ down_w.T) / 127.5 - 1  # least squares: decode(encode(decode(z))) == decode(z) up to rounding
+        return z.clamp(-1, 1).transpose(0, 1).float()  # (3, N, h, w)
+
     def preview(self, latents: torch.Tensor) -> np.ndarray:
         """Latents (3, F, h, w) shown at latent resolution with the decoder's fixed colour map, uint8 (F, h, w, 3)."""
         return _to_uint8(latents.detach().float().transpose(0, 1))

@@ -392,6 +392,12 @@ class UNet3DBackbone(DiffusersBackbone):
         kw = {"fps": self.fps_condition} if isinstance(self.unet, VideoCrafter2UNet) and self.unet.config.fps_cond else {}
         return per_frame_unet3d(self.unet, x, t, ctx, **kw)
 
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> latents (C, N, h, w), each frame through the VAE's encoder."""
+        from .encoders import check_frames, encode_image_vae
+
+        return encode_image_vae(self.vae, check_frames(self, frames), self.device)
+
     def decoder(self) -> FrameVAEDecoder:
         """A decoder turning latent frames into images, one by one (no temporal state)."""
         return FrameVAEDecoder(self.vae, self.device)

@@ -248,6 +248,12 @@ class WanBackbone(DiffusersBackbone):
         if h % self._p_h or w % self._p_w:
             raise ValueError(f"latent size {h}x{w}: must be a multiple of the patch size {self._p_h}x{self._p_w}")
 
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames (1 + 4k, H, W, 3) -> normalised latents (C, 1 + k, h, w), causally through the VAE's encoder."""
+        from .encoders import check_frames, encode_causal_vae
+
+        return encode_causal_vae(self.vae, check_frames(self, frames), self.device, self.temporal_compression)
+
     def decoder(self) -> WanStreamDecoder:
         """A fresh causal streaming decoder (its cache starts at the first latent it is given)."""
         return WanStreamDecoder(self.vae, self.device)
