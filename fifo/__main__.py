@@ -29,13 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="pixels; default: the backbone's")
     g = p.add_argument_group("FIFO settings (default: the backbone's own)")
     g.add_argument("--frames-per-window", type=int, default=None, help="f: latent frames per model call")
-    g.add_argument("--partitions", type=int, default=None, help="n: the queue holds f*n rungs")
+    g.add_argument("--partitions", type=int, default=None, help="n: the queue holds f*n frames, f*n/b rungs")
     g.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=None, help="lookahead denoising")
     g.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1]")
     g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1 = off)")
     g.add_argument("--fps", type=int, default=None, help="frames per second of the video")
     g.add_argument("--warmup", choices=("discard", "keep"), default="discard", help="keep the L-f warm-up frames?")
     g.add_argument("--window-batch", type=int, default=None, help="windows per forward call (default: all)")
+    g.add_argument("--frames-per-rung", type=int, default=None, help="b: latent frames per noise level, dividing f (f // 2 with lookahead); default 1")
     r = p.add_argument_group("device and state")
     r.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     r.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="model dtype")
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             fps=args.fps,
             warmup=args.warmup,
             window_batch=args.window_batch,
+            frames_per_rung=args.frames_per_rung,
         )
         if args.output.suffix.lower() != ".mp4":
             raise ValueError(f"--output {args.output}: must end in .mp4")
