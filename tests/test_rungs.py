@@ -298,3 +298,20 @@ def test_two_ranks_give_the_frames_of_one_process(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert np.array_equal(np.load(tmp_path / "frames0.npy"), ref) and np.load(tmp_path / "frames1.npy").size == 0
+
+
+def test_frontier_benchmark_counts_the_windows_it_reports(capsys, tmp_path):
+    """The benchmark's smoke grid: each row's counted windows per frame equal n / b (2n / b), and the picks are named."""
+    from benchmarks import frontier
+
+    assert frontier.main(["--grid", "smoke", "--frames", "24", "--size", "64", "--prompts", "a red ball moving right",
+                          "--plot", str(tmp_path / "f.png"), "--json", str(tmp_path / "f.json")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    import json
+
+    results = json.loads((tmp_path / "f.json").read_text())["results"]
+    assert {(r["setting"]["b"], r["counted"]) for r in results} == {(1, 8.0), (4, 2.0), (16, 1 / 16)}
+    assert "cheapest setting with fidelity <= the paper default's" in out and "best fidelity at <= a quarter" in out
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+    for s in frontier.grid("full"):
+        s.config  # every layout of every grid is one the config accepts
