@@ -267,7 +267,8 @@ def main(argv=None) -> int:
         out = [{"setting": vars(r.setting) | {"cost": r.setting.cost, "steps": r.setting.steps}, "counted": r.counted,
                 "videos": r.per_video, "seconds": r.seconds} for r in results]  # fmt: skip
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": out}, indent=1))
-    print(f"\ntotal wall time: {time.perf_counter() - t0:.0f} s")
+    print(f"\ntotal wall time: {time.perf_counter() - t0:.0f} s, CPU time of this process: {time.process_time():.0f} s "
+          f"(wall / CPU > {args.threads} means other processes shared the cores)")  # fmt: skip
     return 0
 
 

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=int, default=None, help="frames per second of the video")
     g.add_argument("--warmup", choices=("discard", "keep"), default="discard", help="keep the L-f warm-up frames?")
     g.add_argument("--window-batch", type=int, default=None, help="windows per forward call (default: all)")
-    g.add_argument("--frames-per-rung", type=int, default=None, help="b: latent frames per noise level, dividing f (f // 2 with lookahead); default 1")
+    g.add_argument("--frames-per-rung", type=int, default=None, help="b: latent frames per rung, dividing f (f//2 with lookahead)")
     r = p.add_argument_group("device and state")
     r.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     r.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="model dtype")

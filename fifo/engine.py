@@ -3,8 +3,8 @@
 Symbols as in `schedule.py`: `f` frames per window, `n` partitions, `b` frames per rung, `L = f * n`
 main slots, `R = L / b` rungs, `h` context slots. At step `k` (`k * b` latent frames popped so far)
 main slot `i` holds latent frame `k * b + i` at rung `i // b`; context slot `c` holds the finished
-frame `k * b - h + c`. Every random draw is
-keyed by (seed, frame, step), so the frames do not depend on how the windows are batched.
+frame `k * b - h + c`. Every random draw is keyed by (seed, frame, step), so the frames do not
+depend on how the windows are batched.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from .backbones.base import Backbone, video_frames_before
 from .config import FIFOConfig
-from .noise import BASE, ETA, FILL, TAIL, keyed_normal, keyed_normal_frames
+from .noise import BASE, ETA, FILL, TAIL, keyed_normal_frames
 from .prompts import PromptLike, PromptSchedule
 from .schedule import Window, make_ladder, per_slot, slot_timesteps, window_batches
 from .solvers import step_coefficients
@@ -103,7 +103,9 @@ class FIFOStream:
         self._batches = window_batches(cfg.windows, cfg.window_batch)
         self._slot_t = slot_timesteps(self.ladder, self.h, self.b).float().to(dev)  # (h + L,)
         lad = self.ladder
-        self._coef64 = step_coefficients(lad.alphas, lad.sigmas, lad.next_alphas, lad.next_sigmas, backbone.prediction_type, cfg.eta)  # per rung, (R,)
+        self._coef64 = step_coefficients(  # (R,) per rung
+            lad.alphas, lad.sigmas, lad.next_alphas, lad.next_sigmas, backbone.prediction_type, cfg.eta
+        )
         # (1, L, 1, 1) per main slot: x' = c_x x + c_out out (+ c_noise z)
         self._coef = tuple(None if v is None else per_slot(v, self.b).float().to(dev).view(1, -1, 1, 1) for v in self._coef64)
         self._conds: dict[str, Any] = {}
@@ -192,11 +194,8 @@ class FIFOStream:
     def _draw_step_noise(self, k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The keyed draws of step k: eta noise of the L main frames (or None) and the b new tail frames (C, b, lh, lw)."""
         first = k * self.b  # latent frame at the head
-        if self.b == 1:
-            tail = keyed_normal(self.latent_shape, self.seed, TAIL, first + self.L)[:, None]
-        else:
-            new = list(range(first + self.L, first + self.L + self.b))
-            tail = keyed_normal_frames(self.latent_shape, self.seed, TAIL, new, [0] * self.b)
+        new = list(range(first + self.L, first + self.L + self.b))
+        tail = keyed_normal_frames(self.latent_shape, self.seed, TAIL, new, [0] * self.b)
         if self.backbone.device.type == "cuda":  # pinned, so the copy overlaps the denoiser
             tail = tail.pin_memory()
         return self._eta_noise(list(range(first, first + self.L)), k), tail.to(self.backbone.device, non_blocking=True)
@@ -221,7 +220,7 @@ class FIFOStream:
                 x = x + cn * self._eta_noise([-1 - j for j in range(f)], R - i)
         src = [max(0, i - (L - f)) for i in range(L)]  # main slot i holds clip frame src[i]
         noise = keyed_normal_frames(self.latent_shape, self.seed, FILL, list(range(L)), [0] * L).to(dev)
-        a, s = (per_slot(v, self.b).float().to(dev).view(1, -1, 1, 1) for v in (lad.alphas, lad.sigmas))  # main slot i at rung i // b
+        a, s = (per_slot(v, self.b).float().to(dev).view(1, -1, 1, 1) for v in (lad.alphas, lad.sigmas))  # slot i: rung i // b
         main = a * x[:, src] + s * noise
         self.queue = torch.cat([x[:, :1].expand(-1, h, -1, -1), main], dim=1)  # (C, h + L, lh, lw)
 

@@ -118,7 +118,10 @@ def test_steps_and_windows_per_frame(f, n, b, lookahead):
 
 # -- closed forms ---------------------------------------------------------------------------------
 
-LAYOUTS = [(4, 2, 2, False), (4, 4, 1, False), (4, 4, 3, False), (4, 2, 3, True), (6, 3, 2, True), (8, 4, 2, True), (6, 3, 1, True), (5, 5, 2, False)]
+LAYOUTS = [  # (f, b, n, lookahead)
+    (4, 2, 2, False), (4, 4, 1, False), (4, 4, 3, False), (5, 5, 2, False),
+    (4, 2, 3, True), (6, 3, 2, True), (8, 4, 2, True), (6, 3, 1, True),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "flow"])
@@ -181,7 +184,8 @@ def test_a_mislabelled_rung_is_caught(lookahead, rung):
 def test_the_rung_of_every_slot():
     lad = make_ladder(GaussianBackbone(MU, STD).noise_schedule, 3)
     t = slot_timesteps(lad, 2, 4)  # 2 context slots, 3 rungs of 4 frames
-    assert t.tolist() == [lad.timesteps[0].item()] * 3 + [lad.timesteps[0].item()] * 3 + [lad.timesteps[1].item()] * 4 + [lad.timesteps[2].item()] * 4
+    t0, t1, t2 = lad.timesteps.tolist()
+    assert t.tolist() == [t0] * 2 + [t0] * 4 + [t1] * 4 + [t2] * 4
 
 
 # -- cost: forward calls counted ------------------------------------------------------------------
@@ -270,7 +274,8 @@ def test_prompt_schedule_sweeps_through_the_rungs():
     """A window takes its middle frame's prompt: with b = 3, frames far before the change do not see it."""
     cfg = FIFOConfig(frames_per_window=6, partitions=2, frames_per_rung=3, lookahead=False)
     one = np.stack(list(generate(ToyBackbone(64, 64), "a red ball moving right", 30, config=cfg, seed=1)))
-    sched = np.stack(list(generate(ToyBackbone(64, 64), "0: a red ball moving right\n24: a blue square moving up", 30, config=cfg, seed=1)))
+    schedule = "0: a red ball moving right\n24: a blue square moving up"
+    sched = np.stack(list(generate(ToyBackbone(64, 64), schedule, 30, config=cfg, seed=1)))
     assert np.array_equal(one[:12], sched[:12])  # popped before any window's middle frame reached 24
     assert not np.array_equal(one[24:], sched[24:])
 
@@ -278,7 +283,8 @@ def test_prompt_schedule_sweeps_through_the_rungs():
 def test_callback_sees_warming_up_by_steps():
     seen = []
     bb = gauss(lookahead=False, partitions=3)  # L = 12, f = 4: 8 warm-up frames = 4 steps of 2
-    list(FIFOStream(bb, "p", FIFOConfig(frames_per_rung=2)).frames(4, callback=lambda i: seen.append((i["step"], i["warming_up"]))))
+    stream = FIFOStream(bb, "p", FIFOConfig(frames_per_rung=2))
+    list(stream.frames(4, callback=lambda i: seen.append((i["step"], i["warming_up"]))))
     assert seen[:6] == [(1, True), (2, True), (3, True), (4, True), (5, False), (6, False)]
 
 
@@ -294,7 +300,8 @@ def test_two_ranks_give_the_frames_of_one_process(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # like the ranks: the thread count changes rounding
     try:
-        ref = np.stack(list(DistributedFIFOStream(ToyBackbone(64, 64), "a red ball moving right", FIFOConfig(**cfg_kw), 6).frames(12)))
+        single = DistributedFIFOStream(ToyBackbone(64, 64), "a red ball moving right", FIFOConfig(**cfg_kw), 6)
+        ref = np.stack(list(single.frames(12)))
     finally:
         torch.set_num_threads(threads)
     assert np.array_equal(np.load(tmp_path / "frames0.npy"), ref) and np.load(tmp_path / "frames1.npy").size == 0
@@ -315,3 +322,23 @@ def test_frontier_benchmark_counts_the_windows_it_reports(capsys, tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 10_000
     for s in frontier.grid("full"):
         s.config  # every layout of every grid is one the config accepts
+
+
+def test_cli_frames_per_rung(tmp_path):
+    """`--frames-per-rung` reaches the engine and the video's metadata; an odd value is one line, exit 2."""
+    import json
+
+    from fifo.video import probe_video
+    from test_cli import cli
+
+    out = tmp_path / "b4.mp4"
+    r = cli("a red ball moving right", "--frames", "18", "--partitions", "2", "--frames-per-rung", "4", "--height", "64",
+            "--width", "64", "-o", str(out), "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    info = probe_video(out)
+    assert info["frames"] == 18 and json.loads(info["tags"]["comment"])["frames_per_rung"] == 4
+    r = cli("a red ball", "--frames-per-rung", "3", "--quiet", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "frames_per_rung=3: with frames_per_window=16 and lookahead=True" in lines[0]
+    assert not list(tmp_path.glob("*.mp4"))[1:]  # only the first run's video
