@@ -199,18 +199,35 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--plot", default="docs/frontier.png", help="where to write the plot ('' for none)")
     p.add_argument("--json", default="", help="also write the numbers to this JSON file")
+    p.add_argument("--part", default="1/1", help="K/N: run only every N-th setting of the grid from the K-th (split over processes)")
+    p.add_argument("--merge", nargs="+", default=None, help="no run: report the results in these --json files together")
     args = p.parse_args(argv)
     try:
         settings = grid(args.grid)
+        k, n = map(int, args.part.split("/"))
+        if not 1 <= k <= n:
+            raise ValueError(f"--part {args.part}: need 1 <= K <= N")
     except ValueError as e:
         p.error(str(e))
+    settings = settings[k - 1 :: n]
     args.prompts = args.prompts or PROMPTS[:2]
     if args.frames < 2 * args.stretch:
         args.stretch = max(args.frames // 4, 1)
+    print(f"# benchmarks/frontier.py {' '.join(argv if argv is not None else sys.argv[1:])}\n\n{machine()}\n")
+    if args.merge:
+        runs = [json.loads(Path(f).read_text()) for f in args.merge]
+        results = [Result(Setting(**{key: r["setting"][key] for key in ("f", "n", "b", "lookahead")}), r["counted"], r["videos"],
+                          r["seconds"]) for run in runs for r in run["results"]]  # fmt: skip
+        for key in ("frames", "prompts", "seeds", "size", "stretch"):
+            setattr(args, key, runs[0]["args"][key])
+            if any(run["args"][key] != runs[0]["args"][key] for run in runs):
+                p.error(f"--merge: the runs differ in {key}")
+        print(f"merged {len(results)} settings from {', '.join(args.merge)}; each run's own output gives its wall and CPU time\n")
+        report(results, args)
+        return 0
     set_threads(args.threads)
     keep_freed_memory()
     t0 = time.perf_counter()
-    print(f"# benchmarks/frontier.py {' '.join(argv if argv is not None else sys.argv[1:])}\n\n{machine()}\n")
     print(f"prompts: {args.prompts}\nseeds: {args.seeds}\nframes per video: {args.frames}, {args.size}x{args.size} px, "
           f"{len(settings)} settings, drift over {args.stretch}-frame stretches\n", flush=True)  # fmt: skip
     truths = {pr: Truth(parse_prompt(pr), args.size, args.size) for pr in args.prompts}
@@ -226,8 +243,19 @@ def main(argv=None) -> int:
         results.append(r)
         print(f"  {s.label}: {counted:g} windows/frame, motion {100 * r.mean('motion'):.1f} %, fidelity {r.mean('fidelity'):.2f}, "
               f"drift {r.mean('drift'):+.2f}, gen {secs:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+    report(results, args)
+    if args.json:
+        out = [{"setting": vars(r.setting) | {"cost": r.setting.cost, "steps": r.setting.steps}, "counted": r.counted,
+                "videos": r.per_video, "seconds": r.seconds} for r in results]  # fmt: skip
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": out}, indent=1))
+    print(f"\ntotal wall time: {time.perf_counter() - t0:.0f} s, CPU time of this process: {time.process_time():.0f} s "
+          f"(wall / CPU > {args.threads} means other processes shared the cores)")  # fmt: skip
+    return 0
 
-    results.sort(key=lambda r: (r.setting.cost, r.mean("fidelity")))
+
+def report(results: list[Result], args) -> None:
+    """The table, the picks and the plot."""
+    results = sorted(results, key=lambda r: (r.setting.cost, r.mean("fidelity")))
     paper = next((r for r in results if r.setting == PAPER), None)
     front = {id(r) for r in pareto(results)}
     rows = []
@@ -243,11 +271,11 @@ def main(argv=None) -> int:
     nvid = len(args.prompts) * len(args.seeds)
     print(f"### shared-level toy denoiser: {nvid} video(s) per setting, {args.frames} frames each (± sd over videos)\n")
     print(table(["setting", "windows/frame", "x paper", "steps/frame", "counted", "motion %", "fidelity MAE", "drift",
-                 "identity %", "Pareto", "ms/frame (CPU)"], rows))  # fmt: skip
+                 "identity %", "Pareto", "gen ms/frame"], rows))  # fmt: skip
     print("\nwindows/frame: window calls per emitted latent frame, n/b (2n/b with lookahead), x2 with guidance on a real "
           "model; counted: the same, counted at the backbone; drift: fidelity MAE of the last stretch minus the first; "
-          "Pareto: no setting is both cheaper and better in fidelity; ms/frame: this machine's toy-world wall time, "
-          "decoding included (not a GPU figure)")  # fmt: skip
+          "Pareto: no setting is both cheaper and better in fidelity; gen ms/frame: wall time of the toy world's "
+          "generation per frame on this machine, decoding included, under whatever load it had (not a GPU figure)")  # fmt: skip
     if paper is not None:
         pm, pf = paper.mean("motion"), paper.mean("fidelity")
         reach = [r for r in results if r.mean("fidelity") <= pf and r.mean("motion") >= pm - 0.005]
@@ -263,13 +291,6 @@ def main(argv=None) -> int:
     if args.plot:
         plot(results, paper, args, args.plot)
         print(f"\nplot: {args.plot}")
-    if args.json:
-        out = [{"setting": vars(r.setting) | {"cost": r.setting.cost, "steps": r.setting.steps}, "counted": r.counted,
-                "videos": r.per_video, "seconds": r.seconds} for r in results]  # fmt: skip
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": out}, indent=1))
-    print(f"\ntotal wall time: {time.perf_counter() - t0:.0f} s, CPU time of this process: {time.process_time():.0f} s "
-          f"(wall / CPU > {args.threads} means other processes shared the cores)")  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

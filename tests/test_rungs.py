@@ -308,16 +308,20 @@ def test_two_ranks_give_the_frames_of_one_process(tmp_path):
 
 
 def test_frontier_benchmark_counts_the_windows_it_reports(capsys, tmp_path):
-    """The benchmark's smoke grid: each row's counted windows per frame equal n / b (2n / b), and the picks are named."""
-    from benchmarks import frontier
-
-    assert frontier.main(["--grid", "smoke", "--frames", "24", "--size", "64", "--prompts", "a red ball moving right",
-                          "--plot", str(tmp_path / "f.png"), "--json", str(tmp_path / "f.json")]) == 0  # fmt: skip
-    out = capsys.readouterr().out
+    """The smoke grid in two parts, merged: counted windows per frame equal n / b (2n / b), and the picks are named."""
     import json
 
-    results = json.loads((tmp_path / "f.json").read_text())["results"]
-    assert {(r["setting"]["b"], r["counted"]) for r in results} == {(1, 8.0), (4, 2.0), (16, 1 / 16)}
+    from benchmarks import frontier
+
+    common = ["--grid", "smoke", "--frames", "24", "--size", "64", "--prompts", "a red ball moving right", "--plot", ""]
+    for k in (1, 2):
+        assert frontier.main(common + ["--part", f"{k}/2", "--json", str(tmp_path / f"p{k}.json")]) == 0
+    results = [r for k in (1, 2) for r in json.loads((tmp_path / f"p{k}.json").read_text())["results"]]
+    assert sorted((r["setting"]["b"], r["counted"]) for r in results) == [(1, 8.0), (4, 2.0), (16, 1 / 16)]
+    capsys.readouterr()
+    assert frontier.main(["--merge", str(tmp_path / "p1.json"), str(tmp_path / "p2.json"), "--plot", str(tmp_path / "f.png")]) == 0
+    out = capsys.readouterr().out
+    assert "merged 3 settings" in out and "f=16 n=4 b=1 LA (paper)" in out
     assert "cheapest setting with fidelity <= the paper default's" in out and "best fidelity at <= a quarter" in out
     assert (tmp_path / "f.png").stat().st_size > 10_000
     for s in frontier.grid("full"):
