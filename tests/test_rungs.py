@@ -322,7 +322,7 @@ def test_frontier_benchmark_counts_the_windows_it_reports(capsys, tmp_path):
     assert frontier.main(["--merge", str(tmp_path / "p1.json"), str(tmp_path / "p2.json"), "--plot", str(tmp_path / "f.png")]) == 0
     out = capsys.readouterr().out
     assert "merged 3 settings" in out and "f=16 n=4 b=1 LA (paper)" in out
-    assert "cheapest setting with fidelity <= the paper default's" in out and "best fidelity at <= a quarter" in out
+    assert "cheapest setting with fidelity <= the paper default's" in out and "best fidelity with motion kept at <= a quarter" in out
     assert (tmp_path / "f.png").stat().st_size > 10_000
     for s in frontier.grid("full"):
         s.config  # every layout of every grid is one the config accepts
