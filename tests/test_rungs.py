@@ -34,7 +34,9 @@ def pops(stream: FIFOStream, steps: int) -> torch.Tensor:
 
 # -- b = 1 is the FIFO of before, bit for bit ------------------------------------------------------
 
-# Hashes of frames made by the engine before frames_per_rung existed (same runs, same seeds).
+# Hashes of frames made by the engine before frames_per_rung existed (commit f641926; same runs, same
+# seeds, same for 1 and 2 torch threads). The Gaussian model's frames are independent, so lookahead
+# does not change its latents; the toy runs are the ones that cover lookahead.
 GAUSS_BEFORE = {0.0: "47db3e2bed69477d", 1.0: "0179b6253364f44d"}  # popped float32 latents
 TOY_BEFORE = {  # uint8 frames
     (False, "engine"): "3397da0a55b203a1",
