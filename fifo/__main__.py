@@ -31,13 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="pixels; default: the backbone's")
     g = p.add_argument_group("FIFO settings (default: the backbone's own)")
     g.add_argument("--frames-per-window", type=int, default=None, help="f: latent frames per model call")
-    g.add_argument("--partitions", type=int, default=None, help="n: the queue holds f*n rungs")
+    g.add_argument("--partitions", type=int, default=None, help="n: the queue holds f*n frames, f*n/b rungs")
     g.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=None, help="lookahead denoising")
     g.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1]")
     g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1 = off)")
     g.add_argument("--fps", type=int, default=None, help="frames per second of the video")
     g.add_argument("--warmup", choices=("discard", "keep"), default="discard", help="keep the L-f warm-up frames?")
     g.add_argument("--window-batch", type=int, default=None, help="windows per forward call (default: all)")
+    g.add_argument("--frames-per-rung", type=int, default=None, help="b: latent frames per rung, dividing f (f//2 with lookahead)")
     k = p.add_argument_group("known frames (start from the user's own media)")
     k.add_argument("--init-video", type=Path, help="continue this clip: the video holds --frames new frames after its last frame")
     k.add_argument("--init-image", type=Path, help="start from this picture: the video is the picture, then --frames new frames")
@@ -284,6 +285,7 @@ def _main(args: argparse.Namespace, stop: _Stopper) -> int:
             fps=args.fps,
             warmup=args.warmup,
             window_batch=args.window_batch,
+            frames_per_rung=args.frames_per_rung,
         )
         dtype = getattr(torch, args.dtype) if args.dtype else None
         with _run_context(args.device) as dist:

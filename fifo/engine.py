@@ -1,9 +1,10 @@
 """The FIFO queue: warm start, diagonal denoising step, pop and push, state to save and resume.
 
-Symbols as in `schedule.py`: `f` frames per window, `n` partitions, `L = f * n` rungs, `h`
-context slots. At step `k` (= latent frames popped so far) main slot `i` holds latent frame
-`k + i` at rung `i`; context slot `c` holds the finished frame `k - h + c`. Every random draw is
-keyed by (seed, frame, step), so the frames do not depend on how the windows are batched.
+Symbols as in `schedule.py`: `f` frames per window, `n` partitions, `b` frames per rung, `L = f * n`
+main slots, `R = L / b` rungs, `h` context slots. At step `k` (`k * b` latent frames popped so far)
+main slot `i` holds latent frame `k * b + i` at rung `i // b`; context slot `c` holds the finished
+frame `k * b - h + c`. Every random draw is keyed by (seed, frame, step), so the frames do not
+depend on how the windows are batched.
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ import torch
 
 from .backbones.base import Backbone, video_frames_before
 from .config import FIFOConfig
-from .noise import BASE, ETA, FILL, TAIL, keyed_normal, keyed_normal_frames
+from .noise import BASE, ETA, FILL, TAIL, keyed_normal_frames
 from .prompts import PromptLike, PromptSchedule
-from .schedule import Window, make_ladder, slot_timesteps, window_batches
+from .schedule import Window, make_ladder, per_slot, slot_timesteps, window_batches
 from .solvers import step_coefficients
 
 Callback = Callable[[dict[str, Any]], Any]
 KNOWN = 5  # noise stream of the known frames' re-noising (fifo.noise's streams are 1-4)
 ENTRY_POINTS = ("tail", "head")  # where `FIFOStream.change_prompt` enters a change by default
-_LAYOUT_FIELDS = ("frames_per_window", "partitions", "lookahead", "warmup")
+_LAYOUT_FIELDS = ("frames_per_window", "partitions", "lookahead", "warmup", "frames_per_rung")
 
 
 @dataclass
@@ -40,7 +41,7 @@ class FIFOState:
     """Everything needed to continue a run: the queue, counters, the decoder's cache; on CPU."""
 
     queue: torch.Tensor  # (C, h + L, lh, lw) float32
-    step: int  # latent frames popped so far (warm-up included)
+    step: int  # steps taken (warm-up included); latent frames popped = step * frames_per_rung
     frames_emitted: int  # video frames yielded so far
     seed: int
     backbone: str
@@ -249,15 +250,18 @@ class FIFOStream:
         lh, lw = backbone.latent_size(self.height, self.width)
         self.latent_shape = (backbone.latent_channels, lh, lw)  # (C, lh, lw) of one latent frame
 
-        self.ladder = make_ladder(backbone.noise_schedule, cfg.queue_length)
+        self.ladder = make_ladder(backbone.noise_schedule, cfg.rungs)
         self.h, self.L, self.f = cfg.context, cfg.queue_length, cfg.frames_per_window
+        self.b = cfg.frames_per_rung
         dev = backbone.device
         self._batches = window_batches(cfg.windows, cfg.window_batch)
-        self._slot_t = slot_timesteps(self.ladder, self.h).float().to(dev)  # (h + L,)
+        self._slot_t = slot_timesteps(self.ladder, self.h, self.b).float().to(dev)  # (h + L,)
         lad = self.ladder
-        self._coef64 = step_coefficients(lad.alphas, lad.sigmas, lad.next_alphas, lad.next_sigmas, backbone.prediction_type, cfg.eta)
+        self._coef64 = step_coefficients(  # (R,) per rung
+            lad.alphas, lad.sigmas, lad.next_alphas, lad.next_sigmas, backbone.prediction_type, cfg.eta
+        )
         # (1, L, 1, 1) per main slot: x' = c_x x + c_out out (+ c_noise z)
-        self._coef = tuple(None if v is None else v.float().to(dev).view(1, -1, 1, 1) for v in self._coef64)
+        self._coef = tuple(None if v is None else per_slot(v, self.b).float().to(dev).view(1, -1, 1, 1) for v in self._coef64)
         self._conds: dict[str, Any] = {}
         self._batch_t: dict[tuple[Window, ...], torch.Tensor] = {}
         self._decoder = backbone.decoder()
@@ -273,6 +277,8 @@ class FIFOStream:
         if known is not None:
             if state is not None:
                 raise ValueError("known frames start a new run: give known frames or a state to continue, not both")
+            if self.b != 1:
+                raise ValueError(f"frames_per_rung={self.b}: known frames are held one per rung; use frames_per_rung=1")
             self._set_known(known)
         for (_, a), (_, b), n in zip(self.schedule.entries, self.schedule.entries[1:], self.schedule.blends[1:]):
             if n:  # a schedule with fades the backbone cannot blend fails here, not mid-run
@@ -296,7 +302,8 @@ class FIFOStream:
                 raise ValueError(f"{name}={given!r} contradicts the state being continued ({name}={saved!r})")
         fields = {}
         for k in _LAYOUT_FIELDS:
-            given, saved = getattr(config, k), state.config[k]
+            # a state saved before frames_per_rung existed has one frame per rung
+            given, saved = getattr(config, k), state.config.get(k, 1) if k == "frames_per_rung" else state.config[k]
             if given is not None and k != "warmup" and given != saved:
                 raise ValueError(f"{k}={given!r} contradicts the state being continued ({k}={saved!r}): the queue layout is fixed")
             fields[k] = saved
@@ -352,7 +359,7 @@ class FIFOStream:
     def _consulted_latent(self) -> int:
         """The last latent frame whose prompt a started step (or the warm start) may have read."""
         mid = max((w.start + w.stop) // 2 for w in self.config.windows) - self.h  # a window's prompt: its middle frame's
-        return max(self._claimed + mid, self.L - self.f)
+        return max(self._claimed * self.b + mid, self.L - self.f)
 
     def earliest_change_frame(self) -> int:
         """The first video frame a prompt change made now can take effect from, exactly reproducibly."""
@@ -388,7 +395,7 @@ class FIFOStream:
         with self._steer_lock:
             earliest = self._earliest_frame()
             if frame is None:
-                tail = self._claimed + 1 + self.L - 1  # the newest frame of the next step's queue
+                tail = (self._claimed + 1) * self.b + self.L - 1  # the newest frame of the next step's queue
                 frame = earliest if entry == "head" else max(earliest, self._video_frame_of(tail))
             elif isinstance(frame, bool) or not isinstance(frame, int) or frame < earliest:
                 read = earliest - 1
@@ -477,7 +484,7 @@ class FIFOStream:
             self._batch_t[key] = torch.stack([self._slot_t[w.start : w.stop] for w in batch])
         if len(self.schedule.entries) == 1:  # one prompt: one cond for the whole batch
             return self._batch_t[key], self._cond(self.schedule.entries[0][1])
-        conds = [self._cond_of_latent(k + (w.start + w.stop) // 2 - self.h) for w in batch]
+        conds = [self._cond_of_latent(k * self.b + (w.start + w.stop) // 2 - self.h) for w in batch]
         return self._batch_t[key], conds
 
     def _window_outputs(self, queue: torch.Tensor, batches: list[list[Window]]) -> list[tuple[Window, torch.Tensor]]:
@@ -503,56 +510,66 @@ class FIFOStream:
         return n.to(self.backbone.device)
 
     def _draw_step_noise(self, k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The keyed draws of step k: eta noise of the L main frames (or None) and the new tail frame."""
-        tail = keyed_normal(self.latent_shape, self.seed, TAIL, k + self.L)
+        """The keyed draws of step k: eta noise of the L main frames (or None) and the b new tail frames (C, b, lh, lw)."""
+        first = k * self.b  # latent frame at the head
+        new = list(range(first + self.L, first + self.L + self.b))
+        tail = keyed_normal_frames(self.latent_shape, self.seed, TAIL, new, [0] * self.b)
         if self.backbone.device.type == "cuda":  # pinned, so the copy overlaps the denoiser
             tail = tail.pin_memory()
-        return self._eta_noise(list(range(k, k + self.L)), k), tail.to(self.backbone.device, non_blocking=True)
+        return self._eta_noise(list(range(first, first + self.L)), k), tail.to(self.backbone.device, non_blocking=True)
 
     def _step_noise(self, k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The noise step k uses (a hook: `parallel.PipelinedFIFOStream` draws it one step ahead)."""
         return self._draw_step_noise(k)
 
     def _warm_start(self) -> None:
-        """Sample one ordinary f-frame clip in L steps, then fill the queue with it, re-noised per rung."""
+        """Sample one ordinary f-frame clip in R steps, then fill the queue with it, re-noised per rung."""
         f, L, h, lad = self.f, self.L, self.h, self.ladder
+        R = len(lad)
         dev = self.backbone.device
         if self._known is not None and self._known.shape[1] >= L:  # the whole queue is known: no clip to sample
             self._fill_known()
             return
         x = keyed_normal_frames(self.latent_shape, self.seed, BASE, list(range(f)), [0] * f).to(dev)  # (C, f, lh, lw)
         cond = [self._cond_of_latent(L - f)]
-        for i in reversed(range(L)):  # every frame of the clip from rung i to i - 1
+        for i in reversed(range(R)):  # every frame of the clip from rung i to i - 1
             t = lad.timesteps[i].float().to(dev).expand(1, f)
             x, t = self._known_clip_frames(x, t, L - f)
             out = self._denoise(x[None], t, cond)[0]
             cx, cout, cn = (None if c is None else float(c[i]) for c in self._coef64)
             x = cx * x + cout * out
             if cn is not None:
-                x = x + cn * self._eta_noise([-1 - j for j in range(f)], L - i)
+                x = x + cn * self._eta_noise([-1 - j for j in range(f)], R - i)
             x, _ = self._known_clip_frames(x, t, L - f)
         src = [max(0, i - (L - f)) for i in range(L)]  # main slot i holds clip frame src[i]
         noise = keyed_normal_frames(self.latent_shape, self.seed, FILL, list(range(L)), [0] * L).to(dev)
-        a, s = (v.float().to(dev).view(1, -1, 1, 1) for v in (lad.alphas, lad.sigmas))
+        a, s = (per_slot(v, self.b).float().to(dev).view(1, -1, 1, 1) for v in (lad.alphas, lad.sigmas))  # slot i: rung i // b
         main = a * x[:, src] + s * noise
         self.queue = torch.cat([x[:, :1].expand(-1, h, -1, -1), main], dim=1)  # (C, h + L, lh, lw)
         if self._known is not None:  # the clip's copies of known frames, re-noised, are replaced by the known ones
             self._hold_known(self.queue[:, h:], 0, stepped=False)
 
     def step(self) -> torch.Tensor:
-        """One diagonal denoising step: every main frame one rung down; returns the popped latent (C, lh, lw)."""
+        """One diagonal denoising step with one frame per rung; returns the popped latent (C, lh, lw)."""
+        if self.b != 1:
+            raise ValueError(f"frames_per_rung={self.b}: a step pops {self.b} latent frames; use step_frames()")
+        return self.step_frames()[:, 0]
+
+    def step_frames(self) -> torch.Tensor:
+        """One diagonal denoising step: every main frame one rung down; returns the b popped latents (C, b, lh, lw)."""
         self._claim_step()
         if self.queue is None:
             self._warm_start()
-        k, h, L = self.step_index, self.h, self.L
+        k, h, L, b = self.step_index, self.h, self.L, self.b
         queue = self.queue
         eta_noise, tail = self._step_noise(k)
         pieces = self._main_outputs(queue)
-        # The next queue, written in place of a torch.cat: [context h-1 | main L | tail] with
-        # lookahead (the popped head becomes the newest context frame), [head | main L-1 | tail] without.
+        # The next queue, written in place of a torch.cat: [the last h - b context | main L | tail b];
+        # the popped head rung becomes the newest context (lookahead), or is cut off (b > h drops the
+        # first b - h slots, h = 0 all b).
         C, _, lh, lw = queue.shape
-        keep = max(h - 1, 0)
-        nxt = queue.new_empty((C, keep + L + 1, lh, lw))
+        keep = max(h - b, 0)
+        nxt = queue.new_empty((C, keep + L + b, lh, lw))
         main = nxt[:, keep : keep + L]
         cx, cout, cn = self._coef
         torch.mul(queue[:, h:], cx, out=main)
@@ -561,10 +578,11 @@ class FIFOStream:
         if eta_noise is not None:
             main.addcmul_(eta_noise, cn)
         self._hold_known(main, k)
-        nxt[:, :keep] = queue[:, 1:h]
-        nxt[:, keep + L] = tail
-        popped = main[:, 0].clone()
-        self.queue = nxt if h else nxt[:, 1:]
+        nxt[:, :keep] = queue[:, h - keep : h]
+        nxt[:, keep + L :] = tail
+        popped = main[:, :b].clone()
+        drop = keep + b - h
+        self.queue = nxt[:, drop:] if drop else nxt
         self.step_index = k + 1
         return popped
 
@@ -594,10 +612,11 @@ class FIFOStream:
                     continue
                 if self._collect_ready(left):
                     continue
-                popped_index = self.step_index
-                latent = self.step()
-                if popped_index >= self.warmup:
-                    self._decode_popped(latent, popped_index - self.warmup + self._primed)
+                first = self.step_index * self.b  # latent index of the first popped frame
+                latents = self.step_frames()  # (C, b, lh, lw)
+                for j in range(self.b):
+                    if first + j >= self.warmup:
+                        self._decode_popped(latents[:, j], first + j - self.warmup + self._primed)
                 if self._stop_requested(callback, num_frames - left):
                     self._drain()
                     left = min(left, len(self._pending))  # stop: hand out what was stepped
@@ -607,8 +626,10 @@ class FIFOStream:
     decodes = True  # False on ranks that only step
 
     def _decode_popped(self, latent: torch.Tensor, video_latent: int) -> None:
-        """Decode the popped latent (the decoder's `video_latent`-th, known latents it was primed with counted)."""
-        self._pending = self._decoder.decode(latent[:, None])
+        """Decode the popped latent (the decoder's `video_latent`-th, known latents it was primed with counted);
+        its frames join the pending ones."""
+        frames = self._decoder.decode(latent[:, None])
+        self._pending = frames if not len(self._pending) else np.concatenate([self._pending, frames])
 
     def _collect_ready(self, left: int) -> bool:
         """Move frames decoded elsewhere into the pending ones; True if any were."""
@@ -631,7 +652,7 @@ class FIFOStream:
         return {
             "step": self.step_index,
             "frames_emitted": self.frames_emitted,
-            "warming_up": self.step_index <= self.warmup,
+            "warming_up": self.step_index * self.b <= self.warmup,
             "timesteps": self._slot_t,  # (h + L,) model timestep of each slot, head first
             "queue": self.queue,  # (C, h + L, lh, lw), read only
             "preview": lambda: self.backbone.preview(self.queue),

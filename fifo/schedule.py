@@ -2,16 +2,18 @@
 
 Legend (the paper's notation -> names here):
     f              frames_per_window    latent frames per model call
-    n              partitions           blocks of f rungs in the queue
-    L = f * n      queue_length         rungs, = denoising steps each frame receives
+    n              partitions           blocks of f frames (f / b rungs) in the queue
+    b              frames_per_rung      consecutive latent frames sharing one noise level
+    L = f * n      queue_length         main-queue slots (latent frames)
+    R = L / b      rungs                ladder length, = denoising steps each frame receives
     h = f // 2     context              finished frames before the head (lookahead only)
     tau_i          ladder.timesteps[i]  model timestep of main slot i (0 = head, least noisy)
     alpha-bar      ladder.alphas        signal coefficient a_i of x_t = a_i x_0 + s_i eps
     sigma          ladder.sigmas        noise coefficient s_i
 
 Slot numbering: overall slot `j` in `[0, h + L)`; slots `[0, h)` hold context frames, slot
-`h + i` holds the main-queue frame at rung `i`. A step moves every main frame from rung `i` to
-rung `i - 1`, and the frame at rung 0 to clean.
+`h + i` holds the main-queue frame at rung `i // b`. A step moves every main frame one rung down,
+the `b` frames at rung 0 to clean, and pops them. With `b = 1` slot and rung coincide.
 """
 
 from __future__ import annotations
@@ -176,19 +178,54 @@ def context_slots(frames_per_window: int, lookahead: bool) -> int:
     return frames_per_window // 2 if lookahead else 0
 
 
-def windows(frames_per_window: int, partitions: int, lookahead: bool) -> list[Window]:
+def allowed_frames_per_rung(frames_per_window: int, lookahead: bool) -> tuple[int, ...]:
+    """The `b` that `f` and lookahead allow: those whose rungs no window's written span splits.
+
+    Without lookahead a window writes all `f` of its slots, so `b` divides `f`. With lookahead the
+    written spans are `ceil(f/2)` and `floor(f/2)`, so `b` divides `f // 2` for even `f`; for odd
+    `f` the two spans are coprime and only `b = 1` remains.
+    """
+    f = frames_per_window
+    span = f if not lookahead else (f // 2 if f % 2 == 0 else 1)
+    return tuple(d for d in range(1, span + 1) if span % d == 0)
+
+
+def check_frames_per_rung(frames_per_window: int, lookahead: bool, frames_per_rung: int) -> None:
+    """Raise ValueError unless `frames_per_rung` is one of `allowed_frames_per_rung(f, lookahead)`."""
+    allowed = allowed_frames_per_rung(frames_per_window, lookahead)
+    if frames_per_rung not in allowed:
+        rule = "must divide f" if not lookahead else "must divide f // 2 (1 for odd f)"
+        raise ValueError(
+            f"frames_per_rung={frames_per_rung!r}: with frames_per_window={frames_per_window} and "
+            f"lookahead={lookahead} it {rule}; allowed are {list(allowed)}"
+        )
+
+
+def num_rungs(frames_per_window: int, partitions: int, frames_per_rung: int = 1) -> int:
+    """`R = f * n / b`: rungs of the ladder, = denoising steps each frame receives."""
+    return frames_per_window * partitions // frames_per_rung
+
+
+def per_slot(values: torch.Tensor, frames_per_rung: int) -> torch.Tensor:
+    """A per-rung tensor `(R, ...)` spread to the main slots `(R * b, ...)`: slot `i` takes rung `i // b`."""
+    return values if frames_per_rung == 1 else values.repeat_interleave(frames_per_rung, dim=0)
+
+
+def windows(frames_per_window: int, partitions: int, lookahead: bool, frames_per_rung: int = 1) -> list[Window]:
     """The windows of one step, in queue order; their written spans tile the main queue once.
 
     Without lookahead: `n` windows of `f` slots, each written whole. With lookahead: `2n` windows
     over the `h + L` slots; written spans alternate `ceil(f/2)` and `floor(f/2)` slots, and each
     window reads the `f` slots ending with its span, so every frame sees at least `h` cleaner
-    frames in front of it.
+    frames in front of it. The layout in slots does not depend on `b`; `b` must keep every rung
+    inside one written span (see `allowed_frames_per_rung`), so a rung's frames share a call.
     """
     f, n = frames_per_window, partitions
     if f < 2:
         raise ValueError(f"frames_per_window={f}: must be >= 2")
     if n < 1:
         raise ValueError(f"partitions={n}: must be >= 1")
+    check_frames_per_rung(f, lookahead, frames_per_rung)
     h = context_slots(f, lookahead)
     spans = [f] * n if not lookahead else [math.ceil(f / 2), f // 2] * n
     out, stop = [], h
@@ -198,9 +235,9 @@ def windows(frames_per_window: int, partitions: int, lookahead: bool) -> list[Wi
     return out
 
 
-def slot_timesteps(ladder: Ladder, context: int) -> torch.Tensor:
-    """Model timestep of every overall slot: context slots at 0 (they are finished, clean frames)."""
-    return torch.cat([ladder.timesteps.new_zeros(context), ladder.timesteps])
+def slot_timesteps(ladder: Ladder, context: int, frames_per_rung: int = 1) -> torch.Tensor:
+    """Model timestep of every overall slot: context slots at 0 (finished, clean frames), main slot `i` at rung `i // b`."""
+    return torch.cat([ladder.timesteps.new_zeros(context), per_slot(ladder.timesteps, frames_per_rung)])
 
 
 def window_batches(wins: list[Window], max_batch: int | None) -> list[list[Window]]:
