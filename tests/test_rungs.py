@@ -34,15 +34,15 @@ def pops(stream: FIFOStream, steps: int) -> torch.Tensor:
 
 # -- b = 1 is the FIFO of before, bit for bit ------------------------------------------------------
 
-# Hashes of frames made by the engine before frames_per_rung existed (commit f641926; same runs, same
-# seeds, same for 1 and 2 torch threads). The Gaussian model's frames are independent, so lookahead
-# does not change its latents; the toy runs are the ones that cover lookahead.
+# Hashes of frames made by the engine before frames_per_rung existed (same runs, same seeds, same for
+# 1 and 2 torch threads), with lookahead's context frames shown clean (t = 0). The Gaussian model's
+# frames are independent, so lookahead does not change its latents; the toy runs cover lookahead.
 GAUSS_BEFORE = {0.0: "47db3e2bed69477d", 1.0: "0179b6253364f44d"}  # popped float32 latents
 TOY_BEFORE = {  # uint8 frames
     (False, "engine"): "3397da0a55b203a1",
     (False, "pipelined"): "1e6172699b8bc2ab",
-    (True, "engine"): "982e2ef9bd5649bf",
-    (True, "pipelined"): "f67a859d588fd53a",
+    (True, "engine"): "cb3677df58ef7b9c",
+    (True, "pipelined"): "2bc887656abe950d",
 }
 
 
@@ -185,9 +185,9 @@ def test_a_mislabelled_rung_is_caught(lookahead, rung):
 
 def test_the_rung_of_every_slot():
     lad = make_ladder(GaussianBackbone(MU, STD).noise_schedule, 3)
-    t = slot_timesteps(lad, 2, 4)  # 2 context slots, 3 rungs of 4 frames
+    t = slot_timesteps(lad, 2, 4)  # 2 context slots (clean: t = 0), 3 rungs of 4 frames
     t0, t1, t2 = lad.timesteps.tolist()
-    assert t.tolist() == [t0] * 2 + [t0] * 4 + [t1] * 4 + [t2] * 4
+    assert t.tolist() == [0.0] * 2 + [t0] * 4 + [t1] * 4 + [t2] * 4
 
 
 # -- cost: forward calls counted ------------------------------------------------------------------

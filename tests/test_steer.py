@@ -54,13 +54,15 @@ def test_the_video_turns_at_the_recorded_frame_without_a_jump(bb, steered):
     pos = positions(bb, frames)
     turn = info["frame"]
     dy, dx = np.abs(np.diff(pos, axis=0)).T
-    assert (dx[: turn - 1] == 2).all() and (dy[: turn - 1] == 0).all()  # moving right, 2 px a frame, up to the turn
+    x = pos[:, 1]
+    walls = (x[: turn - 1] == x.min()) | (x[: turn - 1] == x.max())  # a bounce may rest one frame at a wall
+    assert (dy[: turn - 1] == 0).all() and ((dx[: turn - 1] == 2) | ((dx[: turn - 1] == 0) & walls)).all()  # moving right, 2 px a frame
     moved_x = np.nonzero(dx)[0]
     stops = moved_x[-1] + 1  # the first frame from which x stays put
     half = CFG.resolve(bb).frames_per_window // 2
     assert turn <= stops <= turn + half, (turn, stops, pos.tolist())
     assert (dx[stops:] == 0).all() and dy[stops + half :].any()  # then it moves up (and down: bouncing), not right
-    assert dx.max() <= 2 and dy.max() <= 2  # no jump anywhere, the turn included
+    assert dx.max() <= 2 and dy.max() <= 3  # no jump (more than speed + 1 px, as the quality benchmark counts one), the turn included
 
 
 def test_the_recorded_schedule_remakes_it_frame_for_frame(bb, steered):
