@@ -16,6 +16,7 @@ except ImportError:  # not on Spaces, nor installed: nothing to patch
 
 import functools
 import html
+import inspect
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ os.environ.setdefault("GRADIO_EXAMPLES_CACHE", os.path.join(tempfile.gettempdir(
 import gradio as gr
 
 from fifo import BACKBONES
+from fifo.config import APP_SETTINGS, SETTING, backbone_default
 from fifo.cpu import keep_freed_memory
 from fifo_app import jobs, queueviz, zerogpu
 from fifo_app.estimate import format_seconds
@@ -44,6 +46,7 @@ from fifo_app.settings import (
     parse_inputs,
     query_params,
     schedule_table,
+    setting_text,
     settings_from_query,
 )
 
@@ -231,7 +234,36 @@ def _stream(updates: Iterator[Update], request: gr.Request | None) -> Iterator[t
 # -- handlers ---------------------------------------------------------------------------------------
 
 
+def with_declared_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn(..., random_seed, schedule, request, **options)` published with one parameter per declared app
+    setting between `random_seed` and `schedule`: Gradio passes the controls' values positionally in
+    that order, and its API (and MCP tool) lists them by name."""
+    inner = inspect.signature(fn)
+    params = [p for p in inner.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    at = [p.name for p in params].index("random_seed") + 1
+    declared = [
+        inspect.Parameter(s.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default="default", annotation=float | str)
+        for s in APP_SETTINGS
+    ]
+    public = inspect.Signature(params[:at] + declared + params[at:], return_annotation=inner.return_annotation)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = public.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return fn(**bound.arguments)
+
+    wrapper.__signature__ = public  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {
+        **{p.name: p.annotation for p in public.parameters.values()},
+        "request": gr.Request,
+        "return": Iterator[tuple],
+    }
+    return wrapper
+
+
 @_user_errors
+@with_declared_settings
 def generate(
     prompt: str,
     negative_prompt: str = "",
@@ -240,37 +272,18 @@ def generate(
     length_unit: str = "seconds",
     seed: float = 0,
     random_seed: bool = True,
-    partitions: float | str = "default",
-    lookahead: str = "default",
-    eta: float | str = "default",
-    guidance_scale: float | str = "default",
-    fps: float | str = "default",
-    height: float | str = "default",
-    width: float | str = "default",
     schedule: Any = None,
     request: gr.Request = None,
+    **options: Any,
 ) -> Iterator[tuple]:
     """Make a video of `length` (seconds or frames) from a prompt or a prompt schedule ('FRAME: prompt' lines).
 
-    Advanced settings left at "default" take the backbone's own values. Streams the video while it grows; the last
-    output carries the whole MP4 (with its settings in the metadata), the queue state and a share link.
+    Advanced settings (partitions, lookahead, eta, guidance_scale, fps, height, width) left at "default" take the
+    backbone's own values. Streams the video while it grows; the last output carries the whole MP4 (with its
+    settings in the metadata), the queue state and a share link.
     """
     settings = parse_inputs(
-        prompt,
-        negative_prompt,
-        backbone,
-        length,
-        length_unit,
-        seed,
-        random_seed,
-        partitions,
-        lookahead,
-        eta,
-        guidance_scale,
-        fps,
-        height,
-        width,
-        schedule,
+        prompt, negative_prompt, backbone, length, length_unit, seed, random_seed, schedule_rows=schedule, **options
     )
     yield from _stream(SERVICE.generate(settings, _sid(request)), request)
 
@@ -314,8 +327,8 @@ def compare(
 ) -> Iterator[tuple]:
     """The same prompt and seed under settings A and B, side by side in one video."""
     common = (prompt, negative_prompt, backbone, length, length_unit, seed, False)
-    a = parse_inputs(*common, a_partitions, a_lookahead, a_eta)
-    b = parse_inputs(*common, b_partitions, b_lookahead, b_eta)
+    a = parse_inputs(*common, partitions=a_partitions, lookahead=a_lookahead, eta=a_eta)
+    b = parse_inputs(*common, partitions=b_partitions, lookahead=b_lookahead, eta=b_eta)
     first = True
     for u in SERVICE.compare(a, b, _sid(request)):
         video = _cleared(u) if first else _video_value(u)
@@ -386,41 +399,33 @@ def backbone_defaults(name: str) -> str:
 
 
 # Advanced settings are dropdowns whose first choice is "default" (the backbone's own value, shown in
-# its label); other values can be typed in. A number box cannot be empty in the browser.
-OPTIONS: dict[str, tuple[Any, ...]] = {
-    "partitions": (1, 2, 3, 4, 6, 8),
-    "lookahead": ("on", "off"),
-    "eta": (0, 0.25, 0.5, 1),
-    "guidance": (1, 3, 5, 7.5, 9, 12, 15),
-    "fps": (8, 12, 16, 24, 30),
-    "height": (64, 96, 128, 256, 320, 480, 512, 544),
-    "width": (64, 96, 128, 256, 512, 576, 832, 960),
-}
-OPTION_KEYS = tuple(OPTIONS)
+# its label); other values can be typed in. A number box cannot be empty in the browser. Each is
+# derived from the setting's declaration in `fifo.config.SETTINGS`.
+OPTION_KEYS = tuple(s.name for s in APP_SETTINGS)
 
 
 def _backbone_default(key: str, backbone: str | None) -> str:
     if backbone not in BACKBONES:
         return ""
-    d = BACKBONES[backbone].defaults
-    value = {"partitions": d.partitions, "lookahead": "on" if d.lookahead else "off", "eta": d.eta, "guidance": d.guidance_scale,
-             "fps": d.fps, "height": d.height, "width": d.width}[key]  # fmt: skip
-    return value if isinstance(value, str) else f"{value:g}"
+    return setting_text(SETTING[key], backbone_default(key, BACKBONES[backbone].defaults))
 
 
 def _choices(key: str, backbone: str | None) -> list[tuple[str, Any]]:
     default = _backbone_default(key, backbone)
     first = (f"default ({default})" if default else "default", "default")
-    return [first, *((v if isinstance(v, str) else f"{v:g}", v) for v in OPTIONS[key])]
+    s = SETTING[key]
+    return [first, *((setting_text(s, v),) * 2 for v in s.choices)]
 
 
 def _option(key: str, backbone: str | None, label: str | None = None, value: Any = "default") -> gr.Dropdown:
     """A dropdown for one advanced setting: 'default' first, common values, any other value typed in."""
+    s = SETTING[key]
     return gr.Dropdown(
         _choices(key, backbone),
         value=value,
-        label=label or key,
-        allow_custom_value=key != "lookahead",
+        label=label or s.label,
+        info=None,
+        allow_custom_value=s.kind is not bool,
         filterable=True,
         min_width=110,
     )
@@ -440,14 +445,14 @@ def on_load(request: gr.Request) -> tuple:
     if not params:
         return (gr.skip(),) * (len(plain) + len(OPTION_KEYS) + 3)
     values, notes = from_query(params)
-    values["guidance"] = values.pop("guidance_scale", None)
     schedule_rows: Any = gr.skip()
     if "prompt" in values:
         values["prompt"], rows = schedule_table(values["prompt"])
         schedule_rows = rows or None
     name = values.get("backbone", DEFAULT_BACKBONE)
     options = [
-        gr.update(choices=_choices(k, name), value=values.get(k) if values.get(k) is not None else "default") for k in OPTION_KEYS
+        gr.update(choices=_choices(k, name), value="default" if values.get(k) is None else setting_text(SETTING[k], values[k]))
+        for k in OPTION_KEYS
     ]
     note = "Settings loaded from the link: press **Generate** to make it."
     if notes:
@@ -552,15 +557,10 @@ def build() -> gr.Blocks:
                                 "", label="Negative prompt", placeholder="what to steer away from (ignored by the toy world)"
                             )
                             defaults_md = gr.Markdown(backbone_defaults(DEFAULT_BACKBONE))
-                            with gr.Row():
-                                partitions = _option("partitions", DEFAULT_BACKBONE)
-                                lookahead = _option("lookahead", DEFAULT_BACKBONE)
-                                eta = _option("eta", DEFAULT_BACKBONE)
-                            with gr.Row():
-                                guidance = _option("guidance", DEFAULT_BACKBONE)
-                                fps = _option("fps", DEFAULT_BACKBONE)
-                                height = _option("height", DEFAULT_BACKBONE)
-                                width = _option("width", DEFAULT_BACKBONE)
+                            options: dict[str, gr.Dropdown] = {}
+                            for row in (OPTION_KEYS[:3], OPTION_KEYS[3:]):
+                                with gr.Row():
+                                    options.update({k: _option(k, DEFAULT_BACKBONE) for k in row})
                         estimate_md = gr.Markdown(label="estimate", show_label=False, elem_id="estimate")
                         link_note = gr.Markdown()
                         with gr.Row():
@@ -683,26 +683,11 @@ def build() -> gr.Blocks:
             gr.Markdown(HOW.replace("{vocabulary}", _vocabulary()))
 
         # -- events ------------------------------------------------------------------------------
-        gen_inputs = [
-            prompt,
-            negative,
-            backbone,
-            length,
-            length_unit,
-            seed,
-            random_seed,
-            partitions,
-            lookahead,
-            eta,
-            guidance,
-            fps,
-            height,
-            width,
-            schedule,
-        ]
+        # the order of generate's published parameters: core, each declared setting, the schedule table
+        gen_inputs = [prompt, negative, backbone, length, length_unit, seed, random_seed, *options.values(), schedule]
         gen_outputs = [video, mp4_file, state_file, status, queue_img, share, details]
         gpu = {"concurrency_id": "gpu", "concurrency_limit": GPU_SLOTS, "show_progress": "hidden"}
-        est_inputs = [backbone, length, length_unit, partitions, lookahead, fps, height, width]
+        est_inputs = [backbone, length, length_unit, *(options[k] for k in ("partitions", "lookahead", "fps", "height", "width"))]
         gr.on(
             [c.change for c in est_inputs],
             estimate,
@@ -782,7 +767,7 @@ def build() -> gr.Blocks:
         backbone.input(
             on_backbone,
             backbone,
-            [partitions, lookahead, eta, guidance, fps, height, width, defaults_md],
+            [*options.values(), defaults_md],
             api_visibility="private",
             queue=False,
         )

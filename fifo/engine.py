@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -56,6 +57,19 @@ class FIFOState:
             return cls(**d)
         except Exception as e:  # a truncated or foreign file: one clear line, not a pickle trace
             raise ValueError(f"{os.fspath(path)!r} is not a fifo state file ({type(e).__name__}: {e})") from None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pass of a stream's loop: at most one queue step, and the video frames handed out by then."""
+
+    index: int  # latent frames popped so far (warm-up included), after this pass
+    frames: np.ndarray  # (N, H, W, 3) uint8, in video order; N may be 0 (warm-up, or a decode still in flight)
+    frames_emitted: int  # video frames handed out so far, these included
+    warming_up: bool  # no video frame popped yet
+    stepped: bool  # the queue moved (False: only frames decoded earlier were handed out)
+    seconds: float  # wall time of this pass
+    warm_start: bool  # this pass ran the warm start (its time is not a typical step's)
 
 
 def latents_for_frames(num_frames: int, temporal_compression: int) -> int:
@@ -245,37 +259,83 @@ class FIFOStream:
 
     # -- frames out -----------------------------------------------------------------------------
 
+    def steps(self, num_frames: int, callback: Callback | None = None) -> Iterator[Step]:
+        """Step the queue until `num_frames` more video frames are handed out, yielding each pass of the loop.
+
+        A pass runs at most one queue step and hands out the frames decoded by then (with decode-ahead
+        they come a step later). It never steps further than the frames asked for need.
+        `callback(info)` runs after every queue step; a truthy return stops after that step, with
+        the frames made so far handed out. Closing the iterator early keeps the stream resumable.
+        """
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 0:
+            raise ValueError(f"num_frames={num_frames!r}: must be a non-negative integer")
+        return self._steps(num_frames, callback)
+
     def frames(self, num_frames: int, callback: Callback | None = None) -> Iterator[np.ndarray]:
         """Yield the next `num_frames` video frames, uint8 (H, W, 3), each as soon as it is decoded.
 
         `callback(info)` runs after every step; a truthy return stops the run after that step.
         """
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 0:
-            raise ValueError(f"num_frames={num_frames!r}: must be a non-negative integer")
-        return self._frames(num_frames, callback)
+        steps = self.steps(num_frames, callback)
+        return self._frames_of(steps)
 
-    def _frames(self, num_frames: int, callback: Callback | None) -> Iterator[np.ndarray]:
+    def _frames_of(self, steps: Iterator[Step]) -> Iterator[np.ndarray]:
+        with contextlib.closing(steps):
+            for st in steps:
+                for i in range(len(st.frames) if self.decodes else 0):
+                    try:
+                        yield st.frames[i]
+                    except GeneratorExit:  # closed mid-step: the frames not taken stay the stream's
+                        self._give_back(st.frames[i + 1 :])
+                        raise
+
+    def _give_back(self, frames: np.ndarray) -> None:
+        """Frames handed out but not taken go back to the front of the pending ones, uncounted."""
+        if len(frames):
+            self._pending = np.concatenate([frames, self._pending]) if len(self._pending) else frames
+            self.frames_emitted -= len(frames)
+
+    def _hand_out(self, left: int) -> np.ndarray:
+        """Up to `left` pending frames, counted as emitted."""
+        take, self._pending = self._pending[:left], self._pending[left:]
+        self.frames_emitted += len(take)
+        return take
+
+    def _steps(self, num_frames: int, callback: Callback | None) -> Iterator[Step]:
         left = num_frames
         callback = self._agree_on_callback(callback)
-        with self._running(), torch.inference_mode():
+        with self._running():
             while left > 0:
-                if len(self._pending):
-                    take, self._pending = self._pending[:left], self._pending[left:]
-                    for frame in take:
-                        self.frames_emitted += 1
-                        left -= 1
-                        if self.decodes:
-                            yield frame
-                    continue
-                if self._collect_ready(left):
-                    continue
-                popped_index = self.step_index
-                latent = self.step()
-                if popped_index >= self.config.warmup_frames:
-                    self._decode_popped(latent, popped_index - self.config.warmup_frames)
-                if self._stop_requested(callback, num_frames - left):
-                    self._drain()
-                    left = min(left, len(self._pending))  # stop: hand out what was stepped
+                t0 = time.perf_counter()
+                warm_start = stepped = False
+                if not len(self._pending) and not self._collect_ready(left):
+                    warm_start, stepped = self.queue is None, True
+                    with torch.inference_mode():  # entered per pass: nothing leaks to the caller between passes
+                        popped_index = self.step_index
+                        latent = self.step()
+                        if popped_index >= self.config.warmup_frames:
+                            self._decode_popped(latent, popped_index - self.config.warmup_frames)
+                    if self._stop_requested(callback, num_frames - left):
+                        self._drain()
+                        left = min(left, len(self._pending))  # stop: hand out what was stepped
+                out = self._hand_out(left)
+                left -= len(out)
+                if stepped or len(out):
+                    yield Step(self.step_index, out, self.frames_emitted, self.warming_up, stepped, time.perf_counter() - t0, warm_start)
+
+    @property
+    def warming_up(self) -> bool:
+        """True until the first frame of the video has been popped."""
+        return self.step_index <= self.config.warmup_frames
+
+    def preview(self) -> np.ndarray:
+        """A cheap RGB picture of every slot of the queue (no VAE), (h + L, lh, lw, 3) uint8."""
+        return np.asarray(self.backbone.preview(self.queue))
+
+    @property
+    def slot_timesteps(self) -> torch.Tensor:
+        """(h + L,) the model timestep of each slot, head first."""
+        return self._slot_t
 
     # Hooks of the frames loop: `parallel.PipelinedFIFOStream` decodes in a worker thread,
     # `parallel.DistributedFIFOStream` agrees on stopping across ranks and decodes on one rank.
@@ -306,7 +366,7 @@ class FIFOStream:
         return {
             "step": self.step_index,
             "frames_emitted": self.frames_emitted,
-            "warming_up": self.step_index <= self.config.warmup_frames,
+            "warming_up": self.warming_up,
             "timesteps": self._slot_t,  # (h + L,) model timestep of each slot, head first
             "queue": self.queue,  # (C, h + L, lh, lw), read only
             "preview": lambda: self.backbone.preview(self.queue),

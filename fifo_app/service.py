@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from fifo import BACKBONES, FIFOConfig, FIFOState
+from fifo.config import APP_SETTINGS
 
 from . import zerogpu
 from .estimate import RateBook, format_seconds, plan_leases, work_for
@@ -233,21 +234,9 @@ class Service:
         frames = frames_for_length(length, unit, fps)
         new_text = build_schedule(prompt, schedule_rows).to_text() if typed else None
         text = continue_schedule(recorded, new_text, state.frames_emitted)
+        recorded_settings = {s.name: c[s.name] if s.config else getattr(state, s.name) for s in APP_SETTINGS}
         settings = parse_inputs(
-            text,
-            state.meta.get("negative_prompt", ""),
-            state.backbone,
-            frames,
-            "frames",
-            state.seed,
-            False,
-            c["partitions"],
-            c["lookahead"],
-            c["eta"],
-            c["guidance_scale"],
-            fps,
-            state.height,
-            state.width,
+            text, state.meta.get("negative_prompt", ""), state.backbone, frames, "frames", state.seed, False, **recorded_settings
         )
         yield from self._loading(settings)
         self._check(settings, fresh=False)
@@ -317,7 +306,7 @@ class Service:
         """One line of Markdown: how long the asked-for run should take (or what is wrong with the input)."""
         try:
             s = parse_inputs(
-                "x", "", backbone, length, unit, 0, False, partitions, lookahead, None, None, fps, height, width
+                "x", "", backbone, length, unit, 0, False, partitions=partitions, lookahead=lookahead, fps=fps, height=height, width=width
             ).resolved()
         except InputError as e:
             return f"⚠️ {e}"
