@@ -59,6 +59,10 @@ class FIFOState:
             raise ValueError(f"{os.fspath(path)!r} is not a fifo state file ({type(e).__name__}: {e})") from None
 
 
+class _Interrupted(Exception):
+    """The warm start was asked to stop between its model calls."""
+
+
 @dataclass(frozen=True)
 class Step:
     """One pass of a stream's loop: at most one queue step, and the video frames handed out by then."""
@@ -122,6 +126,7 @@ class FIFOStream:
         self._batch_t: dict[tuple[Window, ...], torch.Tensor] = {}
         self._decoder = backbone.decoder()
         self.queue: torch.Tensor | None = None  # (C, h + L, lh, lw) float32, on the backbone's device
+        self._interrupt: Callable[[], bool] | None = None  # read during the warm start (see `steps`)
         self.step_index = 0
         self.frames_emitted = 0
         self._pending = np.zeros((0, self.height, self.width, 3), np.uint8)
@@ -211,6 +216,15 @@ class FIFOStream:
         """The noise step k uses (a hook: `parallel.PipelinedFIFOStream` draws it one step ahead)."""
         return self._draw_step_noise(k)
 
+    def _warm_start_or_interrupt(self) -> bool:
+        """Run the warm start, unless `interrupt` (of `steps`) says stop between its model calls; True if done."""
+        try:
+            with torch.inference_mode():
+                self._warm_start()
+        except _Interrupted:
+            return False
+        return True
+
     def _warm_start(self) -> None:
         """Sample one ordinary f-frame clip in L steps, then fill the queue with it, re-noised per rung."""
         f, L, h, lad = self.f, self.L, self.h, self.ladder
@@ -218,6 +232,8 @@ class FIFOStream:
         x = keyed_normal_frames(self.latent_shape, self.seed, BASE, list(range(f)), [0] * f).to(dev)  # (C, f, lh, lw)
         cond = [self._cond(self._prompt_of_latent(L - f))]
         for i in reversed(range(L)):  # every frame of the clip from rung i to i - 1
+            if self._interrupt is not None and self._interrupt():
+                raise _Interrupted
             t = lad.timesteps[i].float().to(dev).expand(1, f)
             out = self._denoise(x[None], t, cond)[0]
             cx, cout, cn = (None if c is None else float(c[i]) for c in self._coef64)
@@ -259,16 +275,19 @@ class FIFOStream:
 
     # -- frames out -----------------------------------------------------------------------------
 
-    def steps(self, num_frames: int, callback: Callback | None = None) -> Iterator[Step]:
+    def steps(self, num_frames: int, callback: Callback | None = None, interrupt: Callable[[], bool] | None = None) -> Iterator[Step]:
         """Step the queue until `num_frames` more video frames are handed out, yielding each pass of the loop.
 
         A pass runs at most one queue step and hands out the frames decoded by then (with decode-ahead
         they come a step later). It never steps further than the frames asked for need.
         `callback(info)` runs after every queue step; a truthy return stops after that step, with
         the frames made so far handed out. Closing the iterator early keeps the stream resumable.
+        `interrupt()` is read between the warm start's model calls: true ends the iteration with
+        the queue still empty (the warm start is the one long stretch without a step boundary).
         """
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 0:
             raise ValueError(f"num_frames={num_frames!r}: must be a non-negative integer")
+        self._interrupt = interrupt
         return self._steps(num_frames, callback)
 
     def frames(self, num_frames: int, callback: Callback | None = None) -> Iterator[np.ndarray]:
@@ -310,6 +329,8 @@ class FIFOStream:
                 warm_start = stepped = False
                 if not len(self._pending) and not self._collect_ready(left):
                     warm_start, stepped = self.queue is None, True
+                    if warm_start and not self._warm_start_or_interrupt():
+                        return
                     with torch.inference_mode():  # entered per pass: nothing leaks to the caller between passes
                         popped_index = self.step_index
                         latent = self.step()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, field, make_dataclass, replace
@@ -25,18 +24,8 @@ class InputError(ValueError):
     """A bad value from the user; its message is shown to them verbatim."""
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+from .limits import MAX_FRAMES, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_SCHEDULE_ENTRIES, MAX_SEED  # noqa: E402  (re-exported)
 
-
-MAX_PROMPT_CHARS = 1000  # per prompt; text encoders truncate far earlier, this only stops abuse
-MAX_SCHEDULE_ENTRIES = 64
-MAX_FRAMES = _env_int("FIFO_MAX_FRAMES", 3600)  # a demo bound, not the method's: FIFO has none
-MAX_SEED = 2**53 - 1  # survives a round trip through JavaScript numbers
-MAX_PIXELS = 1280 * 720  # height * width; beyond that a demo machine runs out of memory
 LENGTH_UNITS = ("seconds", "frames")
 EXAMPLE_PROMPT = "a red ball moving right"
 
@@ -134,10 +123,12 @@ def _number(name: str, v: Any, *, integer: bool, allowed: str) -> float | int | 
         return None
     if isinstance(v, bool):
         raise InputError(f"{name}={v!r}: {allowed}")
+    if not isinstance(v, (int, float, str)):
+        raise InputError(f"{name} must be a number, got {type(v).__name__}: {allowed}")
     try:
         x = float(v)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}={v!r} is not a number: {allowed}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{name}={str(v)[:40]!r} is not a number in range: {allowed}") from None
     if not math.isfinite(x):
         raise InputError(f"{name}={v!r}: {allowed}")
     if integer:
@@ -168,8 +159,13 @@ def schedule_rows_text(rows: Any) -> list[tuple[int, str]]:
         rows = rows.get("data") or []
     elif hasattr(rows, "values") and hasattr(rows, "columns"):  # a pandas DataFrame
         rows = rows.values.tolist()
+    shape = "schedule must be a table of [frame, prompt] rows (or write 'FRAME: prompt' lines in the prompt)"
+    if not isinstance(rows, (list, tuple)) or len(rows) > MAX_SCHEDULE_ENTRIES:
+        raise InputError(shape if not isinstance(rows, (list, tuple)) else f"schedule has {len(rows)} rows: at most {MAX_SCHEDULE_ENTRIES}")
     out = []
     for i, row in enumerate(rows, 1):
+        if not isinstance(row, (list, tuple)) or not all(c is None or isinstance(c, (str, int, float)) for c in row):
+            raise InputError(f"schedule row {i}: {shape}")
         cells = list(row) + ["", ""]
         frame, prompt = cells[0], cells[1]
         if _is_blank(frame) and _is_blank(prompt):
@@ -215,6 +211,8 @@ def build_schedule(prompt: Any, rows: Any = None) -> PromptSchedule:
 
 def frames_for_length(length: Any, unit: str, fps: int) -> int:
     """Video frames for a length in seconds (at `fps`) or in frames; InputError outside [1, MAX_FRAMES]."""
+    if unit is not None and not isinstance(unit, str):
+        raise InputError(f"length unit must be text, one of {', '.join(LENGTH_UNITS)}")
     unit = (unit or "seconds").strip().lower()
     if unit not in LENGTH_UNITS:
         raise InputError(f"length unit {unit!r}: allowed are {', '.join(LENGTH_UNITS)}")
@@ -222,6 +220,8 @@ def frames_for_length(length: Any, unit: str, fps: int) -> int:
     x = _number("length", length, integer=unit == "frames", allowed=f"give a length {limit}")
     if x is None:
         raise InputError(f"length is empty: give a length {limit}")
+    if not 0 < x <= MAX_FRAMES:  # before any arithmetic: 1e308 seconds must not overflow
+        raise InputError(f"length {x:g} {unit} is out of range: give a length {limit}")
     frames = round(x * fps) if unit == "seconds" else int(x)
     if not 1 <= frames <= MAX_FRAMES:
         asked = f"{x:g} s = {frames} frames" if unit == "seconds" else f"{frames} frames"
