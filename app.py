@@ -31,6 +31,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GRADIO_EXAMPLES_CACHE", os.path.join(tempfile.gettempdir(), "fifo-video-examples"))
 
 import gradio as gr
+from gradio.components.dataframe import DataframeData
 
 from fifo import BACKBONES
 from fifo.config import APP_SETTINGS, SETTING, backbone_default
@@ -434,7 +435,7 @@ def on_load(request: gr.Request) -> tuple:
         *(values[k] if k in values else gr.skip() for k in plain),
         *options,
         schedule_rows,
-        gr.update(value=note, visible=True),
+        gr.update(value=f'<div class="fifo-note">{html.escape(note)}</div>', visible=True),  # text, never markup
         backbone_defaults(name),
         box,
     )
@@ -460,6 +461,8 @@ CSS = """
 .fifo-line {font-size: 0.95em;}
 .fifo-muted {opacity: .75; font-size: .88em;}
 #fifo-title h1 {margin-bottom: 0;}
+.fifo-note {padding: 6px 10px; border-radius: 8px; background: var(--background-fill-secondary); white-space: pre-wrap;}
+@media (max-width: 640px) {#fifo-title p {display: none;} #fifo-title h1 {font-size: 1.5em;}}
 """
 
 INTRO = """
@@ -522,7 +525,7 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
         ui.seed = gr.Number(0, label="Seed", precision=None, scale=3, min_width=100, elem_id="seed")
         ui.random_seed = gr.Checkbox(True, label="random seed", scale=2, min_width=100)
     ui.estimate_md = gr.Markdown(label="estimate", show_label=False, elem_id="estimate")
-    ui.link_note = gr.Textbox(visible=False, label="From the link", interactive=False, lines=2, elem_id="link-note")
+    ui.link_note = gr.HTML(visible=False, elem_id="link-note")  # filled with escaped text only: see on_load
     with gr.Row():
         ui.generate_btn = gr.Button("Generate", variant="primary", scale=3, elem_id="generate")
         ui.stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False)
@@ -541,6 +544,7 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
             interactive=True,
             label="Schedule",
         )
+        ui.schedule.data_model = _ScheduleData
     with gr.Accordion("Negative prompt and advanced settings", open=False):
         ui.negative = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from (ignored by the toy world)")
         ui.defaults_md = gr.Markdown(backbone_defaults(DEFAULT_BACKBONE))
@@ -556,6 +560,20 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
         )
         ui.state_upload = gr.File(label="Saved state (.pt)", file_types=[".pt"], type="filepath")
         ui.continue_btn = gr.Button("Continue")
+
+
+TABLE_SHAPE = "schedule must be a table of [frame, prompt] rows (or write 'FRAME: prompt' lines in the prompt)"
+
+
+class _ScheduleData(DataframeData):
+    """The schedule table's payload, refused with one clear message when it is not a table (an API client's)."""
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> DataframeData:  # type: ignore[override]
+        try:
+            return DataframeData.model_validate(obj, **kwargs)
+        except ValueError:  # pydantic's ValidationError names no field a visitor knows
+            raise gr.Error(TABLE_SHAPE, title="Please check the settings", print_exception=False) from None
 
 
 def _outputs(ui: SimpleNamespace) -> None:
@@ -753,8 +771,23 @@ def build() -> gr.Blocks:
 demo = build()
 
 
+def mcp_supported() -> bool:
+    """Whether this Gradio can serve its endpoints as MCP tools (`pip install "gradio[mcp]"`)."""
+    try:
+        import mcp  # noqa: F401
+    except ImportError:
+        return False
+    return "mcp_server" in inspect.signature(gr.Blocks.launch).parameters
+
+
 def launch(**kwargs: Any) -> Any:
-    """Start the server (host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT unless given)."""
+    """Start the server (host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT unless given).
+
+    Where Gradio's MCP server is installed, the documented endpoints (generate, extend, stop, ...)
+    are also MCP tools, each described by its handler's docstring; FIFO_MCP=0 turns that off.
+    """
+    if mcp_supported() and os.environ.get("FIFO_MCP", "1") != "0":
+        kwargs.setdefault("mcp_server", True)
     kwargs.setdefault("theme", gr.themes.Soft(primary_hue="indigo", secondary_hue="pink"))
     kwargs.setdefault("css", CSS)
     kwargs.setdefault("max_file_size", "512mb")

@@ -314,6 +314,11 @@ class FIFOStream:
             self._pending = np.concatenate([frames, self._pending]) if len(self._pending) else frames
             self.frames_emitted -= len(frames)
 
+    def hand_out(self, left: int) -> np.ndarray:
+        """Up to `left` frames decoded but not yet handed out, now counted as emitted (after a stop)."""
+        self._drain()
+        return self._hand_out(max(left, 0))
+
     def _hand_out(self, left: int) -> np.ndarray:
         """Up to `left` pending frames, counted as emitted."""
         take, self._pending = self._pending[:left], self._pending[left:]

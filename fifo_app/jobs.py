@@ -229,9 +229,14 @@ def lease(work: LeaseWork) -> Iterator[LeaseEvent]:
         streams = [make_stream(t) for t in work.tracks]
         stop = lambda: _stopped(work.stop_file)  # noqa: E731  (also read during the warm start)
         steps = [s.steps(n, interrupt=stop) for s, n in zip(streams, work.frames)]
+        wanted = [s.frames_emitted + n for s, n in zip(streams, work.frames)]
         reason = yield from _step_tracks(work, streams, steps)
         for it in reversed(steps):  # decodes in flight join the pending frames: the states are exact
             it.close()
+        for i, s in enumerate(streams):  # frames decoded by the end are part of this lease's video
+            rest = s.hand_out(wanted[i] - s.frames_emitted)
+            if len(rest):
+                yield StepEvent(i, s.step_index, s.frames_emitted, s.warming_up, s.config.warmup_frames, 0.0, 0, rest, None)
         if reason == "done" and stop():
             reason = "stopped"  # Stop during a warm start ends its stream early
         # a stream stopped before its warm start ended has nothing to continue from

@@ -121,6 +121,8 @@ class Service:
             _ = cfg.windows  # building the layout checks it
             if not BACKBONES[settings.backbone].needs_gpu:  # encoding is cheap here: catch unknown words now
                 for p in settings.schedule.prompts:
+                    if settings.backbone == "toy" and not any(c.isascii() and c.isalpha() for c in p):
+                        raise ValueError(f"the prompt {p[:40]!r} has no word the toy world knows: it reads English words only")
                     bb.encode_prompt(p, settings.negative_prompt)
         except ValueError as e:
             raise InputError(str(e)) from None

@@ -130,7 +130,7 @@ def _number(name: str, v: Any, *, integer: bool, allowed: str) -> float | int | 
     except (TypeError, ValueError, OverflowError):
         raise InputError(f"{name}={str(v)[:40]!r} is not a number in range: {allowed}") from None
     if not math.isfinite(x):
-        raise InputError(f"{name}={v!r}: {allowed}")
+        raise InputError(f"{name}={str(v)[:40]!r} is not a number in range: {allowed}")
     if integer:
         if not x.is_integer():
             raise InputError(f"{name}={v!r} is not a whole number: {allowed}")
