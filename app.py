@@ -516,6 +516,9 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
         placeholder="a red ball moving right   (or lines like '0: …' and '48: …' for a prompt that changes over time)",
         elem_id="prompt",
     )
+    with gr.Row():
+        ui.generate_btn = gr.Button("Generate", variant="primary", scale=3, elem_id="generate", min_width=100)
+        ui.stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False, min_width=60)
     ui.examples_row = gr.Column(elem_id="examples")
     with gr.Row():
         ui.backbone = gr.Dropdown(choices, value=DEFAULT_BACKBONE, label="Backbone", scale=3, min_width=120)
@@ -526,9 +529,6 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
         ui.random_seed = gr.Checkbox(True, label="random seed", scale=2, min_width=100)
     ui.estimate_md = gr.Markdown(label="estimate", show_label=False, elem_id="estimate")
     ui.link_note = gr.HTML(visible=False, elem_id="link-note")  # filled with escaped text only: see on_load
-    with gr.Row():
-        ui.generate_btn = gr.Button("Generate", variant="primary", scale=3, elem_id="generate")
-        ui.stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False)
     with gr.Row():
         ui.extend_len = gr.Number(2.0, label="Extend by", scale=2, min_width=80)
         ui.extend_unit = gr.Radio(list(LENGTH_UNITS), value="seconds", label="in", scale=2, min_width=120)
@@ -543,6 +543,7 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
             type="array",
             interactive=True,
             label="Schedule",
+            elem_id="schedule",
         )
         ui.schedule.data_model = _ScheduleData
     with gr.Accordion("Negative prompt and advanced settings", open=False):
