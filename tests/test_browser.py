@@ -219,3 +219,20 @@ def test_gradio_page_parameters_are_not_reported_and_a_schedule_shows_whole(url,
         assert page.locator("#schedule").is_visible()  # the table is open: the whole schedule shows
     finally:
         page.close()
+
+
+def test_an_example_streams_on_first_click_and_can_be_extended(url, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(url)
+        page.wait_for_selector("#generate", timeout=60_000)
+        page.get_by_text("red ball, right", exact=True).first.click()
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=60_000)
+        assert page.locator("#generate").is_disabled()  # a real run, streaming, not a cached file
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')", timeout=120_000)
+        wait_idle(page)
+        page.locator("#extend").click()
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes(' new)')", timeout=60_000)
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')", timeout=120_000)
+    finally:
+        page.close()
