@@ -236,3 +236,24 @@ def test_an_example_streams_on_first_click_and_can_be_extended(url, browser):
         page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')", timeout=120_000)
     finally:
         page.close()
+
+
+def test_a_queued_visitor_sees_the_queue_position(url, browser):
+    first, second = (browser.new_page(viewport={"width": 1280, "height": 900}) for _ in range(2))
+    try:
+        for pg in (first, second):
+            pg.goto(url)
+            pg.wait_for_selector("#generate", timeout=60_000)
+            pg.locator("#prompt textarea").fill("a red ball moving right")
+        first.locator("#generate").click()
+        first.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=60_000)
+        second.locator("#generate").click()
+        # Gradio's own progress line on the status panel: "queue: 1/1 | 0.3s"
+        second.wait_for_function("/queue: \\d+\\/\\d+/.test(document.querySelector('#status')?.parentElement?.innerText || '')", timeout=30_000)
+        first.locator("#stop").click()
+        second.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=120_000)
+        second.locator("#stop").click()
+        second.wait_for_function("document.querySelector('#status')?.innerText.match(/Stopped|Done/)", timeout=120_000)
+    finally:
+        first.close()
+        second.close()
