@@ -40,8 +40,8 @@ from fifo_app import queueviz, zerogpu
 from fifo_app.estimate import format_seconds
 from fifo_app.examples import load_examples, usable
 from fifo_app.jobs import RunError, Update
-from fifo_app.models import MANAGER, LoadError
 from fifo_app.limits import GPU_SLOTS, QUEUE_SIZE
+from fifo_app.models import MANAGER, LoadError
 from fifo_app.service import Service
 from fifo_app.settings import (
     LENGTH_UNITS,
@@ -615,7 +615,10 @@ def _examples(ui: SimpleNamespace) -> list[Any]:
     ex_inputs = [ui.prompt, ui.backbone, ui.length, ui.length_unit, ui.seed, ui.random_seed]
     groups = []
     with ui.examples_row:
-        for gpu, label in ((False, "Toy-world examples (click one to watch it being made)"), (True, "Examples for the pretrained models (click one, then Generate)")):
+        for gpu, label in (
+            (False, "Toy-world examples (click one to watch it being made)"),
+            (True, "Examples for the pretrained models (click one, then Generate)"),
+        ):
             chosen = [e for e in exs if BACKBONES[e.backbone].needs_gpu == gpu]
             if chosen:
                 groups.append((gpu, gr.Examples(
@@ -690,8 +693,8 @@ def compare_estimate(name: str, n: float, unit: str, ap: Any, al: str, bp: Any, 
 
 def _running(run: gr.Button, stop: gr.Button, *others: gr.Button) -> tuple[dict, Callable[..., Any]]:
     """Button states while a run goes (its button and the others off, Stop on) and a function that restores them."""
-    busy = lambda: (gr.update(interactive=False), gr.update(interactive=True), *(gr.update(interactive=False) for _ in others))  # noqa: E731
-    idle = lambda: (gr.update(interactive=True), gr.update(interactive=False), *(gr.update(interactive=True) for _ in others))  # noqa: E731
+    busy = lambda: (gr.update(interactive=False), gr.update(interactive=True), *(gr.update(interactive=False) for _ in others))
+    idle = lambda: (gr.update(interactive=True), gr.update(interactive=False), *(gr.update(interactive=True) for _ in others))
     outs = [run, stop, *others]
     return {"fn": busy, "outputs": outs, **PRIVATE}, {"fn": idle, "outputs": outs, **PRIVATE}
 
@@ -700,33 +703,68 @@ def _wire_compare(c: SimpleNamespace) -> None:
     busy, idle = _running(c.run, c.stop)
     gpu = {"concurrency_id": "gpu", "concurrency_limit": GPU_SLOTS, "show_progress": "minimal", "show_progress_on": [c.status]}
     c.run.click(**busy).then(
-        compare, [c.prompt, c.backbone, c.length, c.unit, c.seed, *c.ab], [c.video, c.file, c.status, c.details], api_name="compare", **gpu
+        compare,
+        [c.prompt, c.backbone, c.length, c.unit, c.seed, *c.ab],
+        [c.video, c.file, c.status, c.details],
+        api_name="compare",
+        **gpu,
     ).then(**idle)
     c.stop.click(stop_button, None, None, api_name="stop_button_1", **PRIVATE)
     est_inputs = [c.backbone, c.length, c.unit, c.ab[0], c.ab[1], c.ab[3], c.ab[4]]
     gr.on([x.change for x in est_inputs], compare_estimate, est_inputs, c.estimate, **PRIVATE)
     c.preset.input(lambda p: PRESETS.get(p, (gr.skip(),) * 6), c.preset, c.ab, **PRIVATE)
     c.backbone.input(
-        lambda name: tuple(gr.update(choices=_choices(k, name)) for k in ("partitions", "lookahead", "eta") * 2), c.backbone, c.ab, **PRIVATE
+        lambda name: tuple(gr.update(choices=_choices(k, name)) for k in ("partitions", "lookahead", "eta") * 2),
+        c.backbone,
+        c.ab,
+        **PRIVATE,
     )
 
 
 def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
     """The main tab's events: generate, extend, continue and stop, estimates, backbone changes, examples."""
     # the order of generate's published parameters: core, each declared setting, the schedule table
-    gen_inputs = [ui.prompt, ui.negative, ui.backbone, ui.length, ui.length_unit, ui.seed, ui.random_seed, *ui.options.values(), ui.schedule]
+    gen_inputs = [
+        ui.prompt,
+        ui.negative,
+        ui.backbone,
+        ui.length,
+        ui.length_unit,
+        ui.seed,
+        ui.random_seed,
+        *ui.options.values(),
+        ui.schedule,
+    ]
     gen_outputs = [ui.video, ui.mp4_file, ui.state_file, ui.status, ui.queue_img, ui.share, ui.details]
     # while queued, Gradio's own "queue: 2/3" line shows on the progress panel
     gpu = {"concurrency_id": "gpu", "concurrency_limit": GPU_SLOTS, "show_progress": "minimal", "show_progress_on": [ui.status]}
-    est_inputs = [ui.backbone, ui.length, ui.length_unit, *(ui.options[k] for k in ("partitions", "lookahead", "fps", "height", "width"))]
-    gr.on([c.change for c in est_inputs], estimate, est_inputs, ui.estimate_md, api_name="estimate", queue=False, show_progress="hidden")
+    est_inputs = [
+        ui.backbone,
+        ui.length,
+        ui.length_unit,
+        *(ui.options[k] for k in ("partitions", "lookahead", "fps", "height", "width")),
+    ]
+    gr.on(
+        [c.change for c in est_inputs],
+        estimate,
+        est_inputs,
+        ui.estimate_md,
+        api_name="estimate",
+        queue=False,
+        show_progress="hidden",
+    )
     refresh = {"fn": estimate, "inputs": est_inputs, "outputs": ui.estimate_md, **PRIVATE}
     seed_back = {"fn": seed_used, "inputs": [ui.details, ui.seed], "outputs": ui.seed, **PRIVATE}
     busy, idle = _running(ui.generate_btn, ui.stop_btn, ui.extend_btn, ui.continue_btn)
     runs = [
         (ui.generate_btn.click, generate, gen_inputs, "generate"),
         (ui.extend_btn.click, extend, [ui.prompt, ui.extend_len, ui.extend_unit, ui.schedule], "extend"),
-        (ui.continue_btn.click, continue_state, [ui.state_upload, ui.prompt, ui.extend_len, ui.extend_unit, ui.schedule], "continue_state"),
+        (
+            ui.continue_btn.click,
+            continue_state,
+            [ui.state_upload, ui.prompt, ui.extend_len, ui.extend_unit, ui.schedule],
+            "continue_state",
+        ),
     ]
     for trigger, fn, inputs, name in runs:  # after a run the estimate is refreshed: its rates were just measured
         trigger(**busy).then(fn, inputs, gen_outputs, api_name=name, **gpu).then(**idle).then(**seed_back).then(**refresh)
@@ -757,9 +795,24 @@ def build() -> gr.Blocks:
         with gr.Accordion("How it works", open=False):
             gr.Markdown(HOW.replace("{vocabulary}", _vocabulary()))
         _wire_make(ui, examples)
-        gen_inputs = [ui.prompt, ui.negative, ui.backbone, ui.length, ui.length_unit, ui.seed, ui.random_seed, *ui.options.values(), ui.schedule]
+        gen_inputs = [
+            ui.prompt,
+            ui.negative,
+            ui.backbone,
+            ui.length,
+            ui.length_unit,
+            ui.seed,
+            ui.random_seed,
+            *ui.options.values(),
+            ui.schedule,
+        ]
         gr.api(settings_from_link, api_name="settings_from_link")
-        est_inputs = [ui.backbone, ui.length, ui.length_unit, *(ui.options[k] for k in ("partitions", "lookahead", "fps", "height", "width"))]
+        est_inputs = [
+            ui.backbone,
+            ui.length,
+            ui.length_unit,
+            *(ui.options[k] for k in ("partitions", "lookahead", "fps", "height", "width")),
+        ]
         c_est = [c.backbone, c.length, c.unit, c.ab[0], c.ab[1], c.ab[3], c.ab[4]]
         demo.load(on_load, None, [*gen_inputs, ui.link_note, ui.defaults_md, ui.schedule_box], api_visibility="private").then(
             estimate, est_inputs, ui.estimate_md, **PRIVATE

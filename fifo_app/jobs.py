@@ -181,7 +181,9 @@ def _event(i: int, stream: FIFOStream, st: Step, view: QueueSnapshot | None) -> 
 
 def _out_of_time(work: LeaseWork, start: float, recent: deque[float]) -> bool:
     """The next round of steps might not fit the lease: hand the state back while there is time."""
-    return work.budget_s is not None and bool(recent) and time.monotonic() - start + 2 * max(recent) + END_MARGIN_S > work.budget_s
+    return (
+        work.budget_s is not None and bool(recent) and time.monotonic() - start + 2 * max(recent) + END_MARGIN_S > work.budget_s
+    )
 
 
 def _step_tracks(work: LeaseWork, streams: list[FIFOStream], steps: list[Iterator[Step]]) -> Iterator[StepEvent]:
@@ -227,7 +229,7 @@ def lease(work: LeaseWork) -> Iterator[LeaseEvent]:
     steps: list[Iterator[Step]] = []
     try:
         streams = [make_stream(t) for t in work.tracks]
-        stop = lambda: _stopped(work.stop_file)  # noqa: E731  (also read during the warm start)
+        stop = lambda: _stopped(work.stop_file)  # also read between the warm start's model calls
         steps = [s.steps(n, interrupt=stop) for s, n in zip(streams, work.frames)]
         wanted = [s.frames_emitted + n for s, n in zip(streams, work.frames)]
         reason = yield from _step_tracks(work, streams, steps)
@@ -241,7 +243,7 @@ def lease(work: LeaseWork) -> Iterator[LeaseEvent]:
             reason = "stopped"  # Stop during a warm start ends its stream early
         # a stream stopped before its warm start ended has nothing to continue from
         yield LeaseEnd([cpu_copy(s.state()) if s.queue is not None else None for s in streams], reason)
-    except Exception as e:  # reported as data: an exception from a ZeroGPU worker loses its message
+    except Exception as e:  # noqa: BLE001  (reported as data: an exception from a ZeroGPU worker loses its message)
         yield _failure(e)
     finally:
         for it in reversed(steps):
@@ -453,7 +455,9 @@ class _Progress:
         warm_left = est.warmup_seconds * (1 - self.warm_done / warm_total) if warm_total else 0.0
         return max(0.0, (self.job.frames - written) * est.seconds_per_frame + warm_left)
 
-    def update(self, phase: str, written: int, chunk: Path | None = None, preview: Path | None = None, force: bool = False) -> Update | None:
+    def update(
+        self, phase: str, written: int, chunk: Path | None = None, preview: Path | None = None, force: bool = False
+    ) -> Update | None:
         """An Update, at most every `every_s` unless a chunk or preview is new or `force`."""
         now = self.clock()
         if not force and chunk is None and preview is None and now - self.last_update < self.every_s:
@@ -505,10 +509,14 @@ def _plan(job: Job) -> _Plan:
     r = s.resolved()
     lh, lw = bb.latent_size(r.height, r.width)
     fresh = job.tracks[0].state is None
-    return _Plan(s.backbone, cfg, lh * lw, bb.temporal_compression, fresh, work_for(cfg, job.frames, bb.temporal_compression, fresh))
+    return _Plan(
+        s.backbone, cfg, lh * lw, bb.temporal_compression, fresh, work_for(cfg, job.frames, bb.temporal_compression, fresh)
+    )
 
 
-def _lease_work(job: Job, specs: list[TrackSpec], made: list[int], plan: _Plan, rates: RateBook, stop: StopFlag, lease_limit_s: float | None) -> LeaseWork:
+def _lease_work(
+    job: Job, specs: list[TrackSpec], made: list[int], plan: _Plan, rates: RateBook, stop: StopFlag, lease_limit_s: float | None
+) -> LeaseWork:
     """The next lease's work: everything left, or on ZeroGPU what fits one lease of at most `lease_limit_s`."""
     wanted = [job.frames - m for m in made]
     budget, duration = None, 0
@@ -547,7 +555,9 @@ class _Leases:
                 break
             progressed = yield from self._one(work_of())
             if self.failure is None and not progressed and not self.stopped:
-                self.failure = LeaseFailure("error", "a GPU lease ended before the first step; its time limit is too short for this model")
+                self.failure = LeaseFailure(
+                    "error", "a GPU lease ended before the first step; its time limit is too short for this model"
+                )
 
     def _one(self, work: LeaseWork) -> Iterator[StepEvent]:
         progressed = False
@@ -597,10 +607,17 @@ def run_job(
     progress = _Progress(job, rates, plan, clock, update_every_s)
     leases = _Leases(job, lease_fn, stop)
     try:
-        first = Update("warming up" if plan.fresh else "generating", 0, job.frames, 0, plan.work.warmup_steps, base_frames=progress.base_frames)
+        first = Update(
+            "warming up" if plan.fresh else "generating",
+            0,
+            job.frames,
+            0,
+            plan.work.warmup_steps,
+            base_frames=progress.base_frames,
+        )
         first.chunk = out.base_stream()
         yield first
-        work_of = lambda: _lease_work(job, leases.specs, leases.made, plan, rates, stop, lease_limit_s)  # noqa: E731
+        work_of = lambda: _lease_work(job, leases.specs, leases.made, plan, rates, stop, lease_limit_s)
         for ev in leases.events(work_of):
             if max_run_s is not None and progress.elapsed() > max_run_s and not stop.is_set():
                 log.info("a run passed the app's time limit of %.0f s: stopping it", max_run_s)
@@ -635,7 +652,11 @@ def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Ite
         raise RunError("stopped before the first frame: nothing was made")
     total = progress.base_frames + written
     settings_out = job.result_settings(total)
-    meta = settings_out.metadata() if settings_out is not None else {"comment": "made by the fifo-video app, continued from an uploaded state"}
+    meta = (
+        settings_out.metadata()
+        if settings_out is not None
+        else {"comment": "made by the fifo-video app, continued from an uploaded state"}
+    )
     name = job.name(total) if callable(job.name) else job.name
     mp4 = out.finish(name, meta)
     specs = leases.specs

@@ -38,7 +38,14 @@ def _noise_colour(level: float) -> tuple[int, int, int]:
 
 
 def _draw_bars(
-    draw: ImageDraw.ImageDraw, x0: int, y_strip: int, y_bar: int, cell: int, level: np.ndarray, context: int, frames_per_window: int
+    draw: ImageDraw.ImageDraw,
+    x0: int,
+    y_strip: int,
+    y_bar: int,
+    cell: int,
+    level: np.ndarray,
+    context: int,
+    frames_per_window: int,
 ) -> None:
     """The noise-level bar of each slot, partition boundaries, and the head/tail labels."""
     S = len(level)

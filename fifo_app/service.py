@@ -38,7 +38,7 @@ log = logging.getLogger("fifo_app")
 LeaseFn = Callable[[LeaseWork], Iterator[LeaseEvent]]
 
 
-from .limits import HARD_STOP, MAX_DISK_BYTES, MAX_RUN_S, SESSION_IDLE_S  # noqa: E402
+from .limits import HARD_STOP, MAX_DISK_BYTES, MAX_RUN_S, SESSION_IDLE_S
 
 
 def _name(settings: RunSettings, frames: int) -> str:
@@ -88,7 +88,7 @@ class Service:
                 r = s.resolved()
                 lh, lw = bb.latent_size(r.height, r.width)
                 self.rates.record("toy", lh * lw, bb.defaults.frames_per_window, steps[len(steps) // 2])  # the median
-            except Exception:  # noqa: BLE001  (an estimate is a nicety; never fail a request over it)
+            except Exception:
                 log.exception("calibration failed")
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -337,7 +337,18 @@ class Service:
         self.calibrate()
         try:
             s = parse_inputs(
-                "x", "", backbone, length, unit, 0, False, partitions=partitions, lookahead=lookahead, fps=fps, height=height, width=width
+                "x",
+                "",
+                backbone,
+                length,
+                unit,
+                0,
+                False,
+                partitions=partitions,
+                lookahead=lookahead,
+                fps=fps,
+                height=height,
+                width=width,
             ).resolved()
         except InputError as e:
             return f"⚠️ {e}"
@@ -385,7 +396,9 @@ def check_schedule_fits(prompt: str, end: int) -> None:
     """Refuse a prompt that starts at or after the video's last frame `end` (it would never be seen)."""
     late = [f for f, _ in PromptSchedule.parse(prompt).entries if f >= end > 0 and f > 0]
     if late:
-        raise InputError(f"the prompt at frame {late[0]} starts after the video ends ({end} frames): give it an earlier frame, or a longer length")
+        raise InputError(
+            f"the prompt at frame {late[0]} starts after the video ends ({end} frames): give it an earlier frame, or a longer length"
+        )
 
 
 def schedule_rows_present(rows: Any) -> bool:

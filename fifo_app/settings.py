@@ -24,7 +24,7 @@ class InputError(ValueError):
     """A bad value from the user; its message is shown to them verbatim."""
 
 
-from .limits import MAX_FRAMES, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_SCHEDULE_ENTRIES, MAX_SEED  # noqa: E402  (re-exported)
+from .limits import MAX_FRAMES, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_SCHEDULE_ENTRIES, MAX_SEED
 
 LENGTH_UNITS = ("seconds", "frames")
 EXAMPLE_PROMPT = "a red ball moving right"
@@ -58,7 +58,13 @@ class _RunSettingsMethods:
     def to_query(self) -> str:
         """The query string of a share link that reproduces this run exactly (every setting explicit)."""
         r = self.resolved()
-        q: dict[str, Any] = {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "backbone": r.backbone, "frames": r.frames, "seed": r.seed}
+        q: dict[str, Any] = {
+            "prompt": r.prompt,
+            "negative_prompt": r.negative_prompt,
+            "backbone": r.backbone,
+            "frames": r.frames,
+            "seed": r.seed,
+        }
         if not q["negative_prompt"]:
             del q["negative_prompt"]
         q.update({k: setting_text(SETTING[k], v) for k, v in r.options().items()})
@@ -72,7 +78,13 @@ class _RunSettingsMethods:
         """Every setting, resolved, by its declared name, and the share link's query."""
         r = self.resolved()
         d = BACKBONES[r.backbone].defaults
-        meta: dict[str, Any] = {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "backbone": r.backbone, "seed": r.seed, "frames": r.frames}
+        meta: dict[str, Any] = {
+            "prompt": r.prompt,
+            "negative_prompt": r.negative_prompt,
+            "backbone": r.backbone,
+            "seed": r.seed,
+            "frames": r.frames,
+        }
         for s in SETTINGS:
             v = getattr(r, s.name, None)
             meta[s.name] = v if v is not None or not s.app else None
@@ -161,7 +173,9 @@ def schedule_rows_text(rows: Any) -> list[tuple[int, str]]:
         rows = rows.values.tolist()
     shape = "schedule must be a table of [frame, prompt] rows (or write 'FRAME: prompt' lines in the prompt)"
     if not isinstance(rows, (list, tuple)) or len(rows) > MAX_SCHEDULE_ENTRIES:
-        raise InputError(shape if not isinstance(rows, (list, tuple)) else f"schedule has {len(rows)} rows: at most {MAX_SCHEDULE_ENTRIES}")
+        raise InputError(
+            shape if not isinstance(rows, (list, tuple)) else f"schedule has {len(rows)} rows: at most {MAX_SCHEDULE_ENTRIES}"
+        )
     out = []
     for i, row in enumerate(rows, 1):
         if not isinstance(row, (list, tuple)) or not all(c is None or isinstance(c, (str, int, float)) for c in row):

@@ -29,6 +29,6 @@ def test_no_function_over_80_lines_or_complexity_20():
 def test_importing_the_app_loads_no_model_and_times_nothing():
     code = "import app; print(app.MANAGER.is_loaded('toy'), app.SERVICE._calibration_done)"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-2:] == ["False", "False"], r.stdout

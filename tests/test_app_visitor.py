@@ -17,12 +17,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from test_app import FAST, PROMPT, free_port
 
 from fifo import FIFOStream, load_backbone
 from fifo.video import probe_video
 from fifo_app import jobs, sessions, settings
 from fifo_app.service import Service
-from test_app import FAST, PROMPT, free_port
 
 PATH = re.compile(r"(?:/[\w.@+-]+){2,}")
 
@@ -52,7 +52,11 @@ def test_fields_are_checked_with_one_message_naming_each(client):
     refused(client, r"length 1e\+308 seconds is out of range", length=1e308, length_unit="seconds")
     refused(client, r"^.*length=.*not a number in range", length=str(10**400))
     refused(client, r"schedule must be a table", schedule="0: a red ball moving up")
-    refused(client, r"prompt at frame 5000 starts after the video ends \(12 frames\)", schedule={"headers": ["from frame", "prompt"], "data": [[5000, "a red ball moving up"]]})
+    refused(
+        client,
+        r"prompt at frame 5000 starts after the video ends \(12 frames\)",
+        schedule={"headers": ["from frame", "prompt"], "data": [[5000, "a red ball moving up"]]},
+    )
     refused(client, r"no word the toy world knows", prompt="красный мяч")
 
 

@@ -249,7 +249,9 @@ def test_a_queued_visitor_sees_the_queue_position(url, browser):
         first.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=60_000)
         second.locator("#generate").click()
         # Gradio's own progress line on the status panel: "queue: 1/1 | 0.3s"
-        second.wait_for_function("/queue: \\d+\\/\\d+/.test(document.querySelector('#status')?.parentElement?.innerText || '')", timeout=30_000)
+        second.wait_for_function(
+            "/queue: \\d+\\/\\d+/.test(document.querySelector('#status')?.parentElement?.innerText || '')", timeout=30_000
+        )
         first.locator("#stop").click()
         second.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=120_000)
         second.locator("#stop").click()

@@ -43,6 +43,8 @@ def test_a_new_declaration_is_a_new_checked_field():
 
 
 def test_links_made_before_the_names_were_unified_still_load_and_page_parameters_are_no_mistake():
-    values, notes = settings.from_query({"prompt": "a red ball", "guidance": "3", "negative": "blur", "__theme": "dark", "view": "api"})
+    values, notes = settings.from_query(
+        {"prompt": "a red ball", "guidance": "3", "negative": "blur", "__theme": "dark", "view": "api"}
+    )
     assert values["guidance_scale"] == 3.0 and values["negative_prompt"] == "blur"
     assert notes == []

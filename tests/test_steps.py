@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from fakes import CausalGauss, GaussianBackbone
+
 from fifo import FIFOStream
 from fifo.parallel import PipelinedFIFOStream
-
-
 
 MU, STD = torch.linspace(-1, 1, 3 * 8 * 8).view(3, 8, 8), 0.5
 
