@@ -35,7 +35,8 @@ from .settings import RunSettings
 log = logging.getLogger("fifo_app")
 
 CHUNK_SECONDS = 1.0  # each streamed piece of video; HLS wants a second or more
-END_MARGIN_S = 3.0  # a lease keeps this much of its budget for handing back its state
+END_MARGIN_S = 3.0
+MIN_FRAMES_FOR_OVERHEAD = 12  # runs shorter than this leave the per-frame overhead estimate alone  # a lease keeps this much of its budget for handing back its state
 
 
 class RunError(RuntimeError):
@@ -429,10 +430,12 @@ class _Progress:
         self.last_update = -math.inf
         self.queue: QueueSnapshot | None = None
         self.model_s, self.model_windows = 0.0, 0
+        self.stepping_s = 0.0  # every pass of the streams, warm start included
         self.base_frames = job.base.frames if job.base else 0
 
     def step(self, ev: StepEvent, leases: int) -> None:
         self.leases = leases
+        self.stepping_s += ev.step_s
         if ev.windows:
             self.model_s += ev.step_s
             self.model_windows += ev.windows
@@ -485,8 +488,8 @@ class _Progress:
         p = self.plan
         if self.model_windows:
             self.rates.record(p.backbone, p.area, p.config.frames_per_window, self.model_s / self.model_windows)
-        if written:
-            per = max(0.0, (self.elapsed() - self.model_s) / written / len(self.job.tracks))
+        if written >= MIN_FRAMES_FOR_OVERHEAD:  # a few frames measure start-up, not the per-frame cost
+            per = max(0.0, (self.elapsed() - self.stepping_s) / written / len(self.job.tracks))
             self.rates.record_overhead(p.backbone, per)
 
 

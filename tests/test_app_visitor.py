@@ -114,3 +114,27 @@ def test_stop_interrupts_the_warm_start():
     steps = list(stream.steps(10, interrupt=lambda: calls.append(1) or len(calls) > 3))
     assert steps == [] and stream.queue is None and len(calls) == 4  # stopped after 3 of its model calls
     assert len(list(stream.steps(2))) >= 1  # and the stream still works
+
+
+def test_a_one_frame_run_does_not_skew_the_next_estimate(tmp_path):
+    """After a 1-frame run (its time all warm start), a 72-frame estimate stays where it was."""
+    service = Service(jobs.lease, store=sessions.SessionStore(tmp_path / "s"))
+    service.calibrate()
+    est = lambda: service.rates.estimate("toy", 16 * 16, _toy_config(), _work(72))
+    before = est().seconds
+    one = settings.parse_inputs(PROMPT, "", "toy", 1, "frames", 1, False, 4, "on")
+    for _ in service.generate(one, "one-frame"):
+        pass
+    assert est().seconds < 1.5 * before, (before, est().seconds)
+
+
+def _toy_config():
+    from fifo import FIFOConfig
+
+    return FIFOConfig(frames_per_window=16, partitions=4, lookahead=True, eta=0.0, guidance_scale=1.0, fps=12)
+
+
+def _work(frames: int):
+    from fifo_app.estimate import work_for
+
+    return work_for(_toy_config(), frames)
