@@ -31,6 +31,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GRADIO_EXAMPLES_CACHE", os.path.join(tempfile.gettempdir(), "fifo-video-examples"))
 
 import gradio as gr
+from gradio import route_utils
 from gradio.components.dataframe import DataframeData
 
 from fifo import BACKBONES
@@ -40,7 +41,7 @@ from fifo_app import queueviz, zerogpu
 from fifo_app.estimate import format_seconds
 from fifo_app.examples import load_examples, usable
 from fifo_app.jobs import RunError, Update
-from fifo_app.limits import GPU_SLOTS, QUEUE_SIZE
+from fifo_app.limits import GPU_SLOTS, MAX_WAITING_PER_SESSION, QUEUE_SIZE
 from fifo_app.models import MANAGER, LoadError
 from fifo_app.service import Service
 from fifo_app.settings import (
@@ -819,7 +820,30 @@ def build() -> gr.Blocks:
         ).then(compare_estimate, c_est, c.estimate, **PRIVATE)
         demo.unload(end_session)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    limit_waiting_per_session(demo._queue, MAX_WAITING_PER_SESSION)
     return demo
+
+
+def limit_waiting_per_session(queue: Any, limit: int) -> None:
+    """Refuse a request when its page already has `limit` requests waiting, so one visitor cannot fill the queue."""
+    push = queue.push
+
+    async def limited(body: Any, request: Any, username: Any) -> Any:
+        sid = getattr(body, "session_hash", None)
+        try:
+            is_run = route_utils.get_fn(queue.blocks, None, body).concurrency_id == "gpu"  # Stop and the rest always pass
+        except Exception:  # noqa: BLE001  (Gradio's own push reports a bad request)
+            is_run = False
+        waiting = sum(e.session_hash == sid for q in queue.event_queue_per_concurrency_id.values() for e in q.queue)
+        if is_run and sid is not None and waiting >= limit:
+            return (
+                False,
+                f"This page already has {waiting} requests waiting, the most one visitor may queue: wait for them, or press Stop.",
+                "queue_full",
+            )
+        return await push(body, request, username)
+
+    queue.push = limited
 
 
 demo = build()

@@ -10,6 +10,7 @@ estimate) and again in the run loop (a run past it stops like Stop, keeping what
     FIFO_SESSION_IDLE_S   3600   an API client's files go after this long without a request
     FIFO_MAX_DISK_MB      2048   every session's files together
     FIFO_QUEUE_SIZE       16     requests waiting for the GPU, all visitors together
+    FIFO_MAX_WAITING      2      requests waiting, per page (session)
     FIFO_GPU_SLOTS        1      runs at once (each needs its own GPU)
 """
 
@@ -36,4 +37,5 @@ HARD_STOP = 1.5  # estimates err: a run is stopped (its frames kept) only well p
 SESSION_IDLE_S = _env("FIFO_SESSION_IDLE_S", 3600)
 MAX_DISK_BYTES = int(_env("FIFO_MAX_DISK_MB", 2048) * 2**20)
 QUEUE_SIZE = int(_env("FIFO_QUEUE_SIZE", 16))
+MAX_WAITING_PER_SESSION = int(_env("FIFO_MAX_WAITING", 2))
 GPU_SLOTS = int(_env("FIFO_GPU_SLOTS", 1))

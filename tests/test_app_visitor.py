@@ -138,3 +138,27 @@ def _work(frames: int):
     from fifo_app.estimate import work_for
 
     return work_for(_toy_config(), frames)
+
+
+def test_one_page_cannot_fill_the_queue(client):
+    from fifo_app.limits import MAX_WAITING_PER_SESSION
+
+    running = client.submit(PROMPT, length=3000, length_unit="frames", seed=1, **FAST, api_name="/generate")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not running.outputs():
+        time.sleep(0.1)
+    waiting = [
+        client.submit(PROMPT, length=12, length_unit="frames", seed=2, **FAST, api_name="/generate")
+        for _ in range(MAX_WAITING_PER_SESSION + 2)
+    ]
+    errors = []
+    time.sleep(2)
+    client.predict(api_name="/stop")
+    for job in waiting:
+        try:
+            job.result(timeout=120)
+        except Exception as e:  # noqa: BLE001
+            errors.append(str(e))
+    running.result(timeout=120)
+    # refused at the door: Gradio's client words it as "Queue is full" (the server's message names the limit)
+    assert len(errors) == 2 and all("full" in e for e in errors), errors
