@@ -16,11 +16,14 @@ except ImportError:  # not on Spaces, nor installed: nothing to patch
 
 import functools
 import html
+import inspect
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -28,13 +31,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GRADIO_EXAMPLES_CACHE", os.path.join(tempfile.gettempdir(), "fifo-video-examples"))
 
 import gradio as gr
+from gradio import route_utils
+from gradio.components.dataframe import DataframeData
 
 from fifo import BACKBONES
+from fifo.config import APP_SETTINGS, SETTING, backbone_default
 from fifo.cpu import keep_freed_memory
-from fifo_app import jobs, queueviz, zerogpu
+from fifo_app import queueviz, zerogpu
 from fifo_app.estimate import format_seconds
 from fifo_app.examples import load_examples, usable
 from fifo_app.jobs import RunError, Update
+from fifo_app.limits import GPU_SLOTS, MAX_WAITING_PER_SESSION, QUEUE_SIZE
 from fifo_app.models import MANAGER, LoadError
 from fifo_app.service import Service
 from fifo_app.settings import (
@@ -44,6 +51,7 @@ from fifo_app.settings import (
     parse_inputs,
     query_params,
     schedule_table,
+    setting_text,
     settings_from_query,
 )
 
@@ -53,59 +61,36 @@ log = logging.getLogger("fifo_app")
 # growing MP4. FIFO_STREAMING=hls|mp4 overrides.
 _mode = os.environ.get("FIFO_STREAMING", "auto").lower()
 STREAMING = _mode == "hls" or (_mode != "mp4" and bool(shutil.which("ffmpeg") and shutil.which("ffprobe")))
-GPU_SLOTS = int(os.environ.get("FIFO_GPU_SLOTS", "1"))  # jobs at once; each needs its own GPU
-QUEUE_SIZE = int(os.environ.get("FIFO_QUEUE_SIZE", "16"))
 DEFAULT_SECONDS = 6.0
 
 
-@zerogpu.GPU(duration=jobs.lease_duration)
-def gpu_lease(work: jobs.LeaseWork) -> Iterator[jobs.LeaseEvent]:
-    """One GPU lease: step the queue(s) of `work`, yielding frames and queue snapshots (CPU data only)."""
-    yield from jobs.lease(work)
+SERVICE = Service(progressive_mp4=not STREAMING)  # its lease function carries ZeroGPU's decorator (fifo_app/jobs.py)
+DEFAULT_BACKBONE = MANAGER.default_name()  # loaded by `launch`, not on import
 
 
-SERVICE = Service(gpu_lease, progressive_mp4=not STREAMING)
-
-
-def _load_default() -> str:
-    """Load the default backbone at start-up; fall back to the toy world if it cannot load."""
-    name = MANAGER.default_name()
+def _load_default() -> None:
+    """Load the default backbone before serving (minutes for a real model); a failure leaves a clear error for its runs."""
     try:
-        MANAGER.get(name)
+        MANAGER.get(DEFAULT_BACKBONE)
     except LoadError as e:
-        log.warning("%s; starting on the toy world instead", e)
-        name = "toy"
-        MANAGER.get(name)
-    return name
-
-
-DEFAULT_BACKBONE = _load_default()
-
-
-def _calibrate() -> None:
-    """Time a few toy steps so the first estimates are measured, not guessed (this also warms the toy's caches)."""
-    try:
-        s = parse_inputs("a red ball moving right", "", "toy", 10, "frames", 0, False, 1, "off")
-        work = jobs.LeaseWork([jobs.TrackSpec("calibration", s)], [10], None, 0, os.devnull + ".none")
-        steps = sorted(e.step_s / e.windows for e in jobs.lease(work) if isinstance(e, jobs.StepEvent) and e.windows)
-        bb = MANAGER.get("toy")
-        r = s.resolved()
-        lh, lw = bb.latent_size(r.height, r.width)
-        SERVICE.rates.record(
-            "toy", lh * lw, bb.defaults.frames_per_window, steps[len(steps) // 2]
-        )  # the median: a busy moment skews less
-    except Exception:  # an estimate is a nicety; never fail start-up over it
-        log.exception("calibration failed")
-
-
-_calibrate()  # about a second; the toy world is always loaded
+        log.warning("%s; choose the toy world on the page", e)
 
 
 # -- presentation helpers -------------------------------------------------------------------------
 
 
+_PATH = re.compile(r"(?<![\w.:/])(?:/[\w.@+-]+){2,}/?")  # an absolute path of two parts or more
+
+
+def plain_message(text: str) -> str:
+    """A message fit for a visitor: its first line, server paths replaced by '<file>', at most 400 characters."""
+    line = (str(text).strip().splitlines() or [""])[0]
+    line = _PATH.sub("<file>", line)
+    return line if len(line) <= 400 else line[:397] + "..."
+
+
 def _user_errors(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-    """Turn every exception of a generator handler into a gr.Error with a plain message (no stack trace)."""
+    """Turn every exception of a generator handler into a gr.Error with a plain message (no stack trace, no path)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -114,13 +99,13 @@ def _user_errors(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any
         except gr.Error:
             raise
         except InputError as e:
-            raise gr.Error(str(e), title="Please check the settings", print_exception=False) from None
+            raise gr.Error(plain_message(str(e)), title="Please check the settings", print_exception=False) from None
         except RunError as e:
-            raise gr.Error(str(e), title="The run stopped", print_exception=False) from None
+            raise gr.Error(plain_message(str(e)), title="The run stopped", print_exception=False) from None
         except Exception as e:  # a bug or a broken machine: logged in full, shown in one line
             log.exception("handler %s failed", fn.__name__)
             raise gr.Error(
-                f"Something went wrong ({type(e).__name__}: {e}). The app is still running: try again or change the settings.",
+                f"Something went wrong ({type(e).__name__}: {plain_message(str(e))}). The app is still running: try again or change the settings.",
                 title="Error",
                 print_exception=False,
             ) from None
@@ -231,7 +216,36 @@ def _stream(updates: Iterator[Update], request: gr.Request | None) -> Iterator[t
 # -- handlers ---------------------------------------------------------------------------------------
 
 
+def with_declared_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn(..., random_seed, schedule, request, **options)` published with one parameter per declared app
+    setting between `random_seed` and `schedule`: Gradio passes the controls' values positionally in
+    that order, and its API (and MCP tool) lists them by name."""
+    inner = inspect.signature(fn)
+    params = [p for p in inner.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    at = [p.name for p in params].index("random_seed") + 1
+    declared = [
+        inspect.Parameter(s.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default="default", annotation=float | str)
+        for s in APP_SETTINGS
+    ]
+    public = inspect.Signature(params[:at] + declared + params[at:], return_annotation=inner.return_annotation)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = public.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return fn(**bound.arguments)
+
+    wrapper.__signature__ = public  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {
+        **{p.name: p.annotation for p in public.parameters.values()},
+        "request": gr.Request,
+        "return": Iterator[tuple],
+    }
+    return wrapper
+
+
 @_user_errors
+@with_declared_settings
 def generate(
     prompt: str,
     negative_prompt: str = "",
@@ -240,37 +254,18 @@ def generate(
     length_unit: str = "seconds",
     seed: float = 0,
     random_seed: bool = True,
-    partitions: float | str = "default",
-    lookahead: str = "default",
-    eta: float | str = "default",
-    guidance_scale: float | str = "default",
-    fps: float | str = "default",
-    height: float | str = "default",
-    width: float | str = "default",
     schedule: Any = None,
     request: gr.Request = None,
+    **options: Any,
 ) -> Iterator[tuple]:
     """Make a video of `length` (seconds or frames) from a prompt or a prompt schedule ('FRAME: prompt' lines).
 
-    Advanced settings left at "default" take the backbone's own values. Streams the video while it grows; the last
-    output carries the whole MP4 (with its settings in the metadata), the queue state and a share link.
+    Advanced settings (partitions, lookahead, eta, guidance_scale, fps, height, width) left at "default" take the
+    backbone's own values. Streams the video while it grows; the last output carries the whole MP4 (with its
+    settings in the metadata), the queue state and a share link.
     """
     settings = parse_inputs(
-        prompt,
-        negative_prompt,
-        backbone,
-        length,
-        length_unit,
-        seed,
-        random_seed,
-        partitions,
-        lookahead,
-        eta,
-        guidance_scale,
-        fps,
-        height,
-        width,
-        schedule,
+        prompt, negative_prompt, backbone, length, length_unit, seed, random_seed, schedule_rows=schedule, **options
     )
     yield from _stream(SERVICE.generate(settings, _sid(request)), request)
 
@@ -314,25 +309,14 @@ def compare(
 ) -> Iterator[tuple]:
     """The same prompt and seed under settings A and B, side by side in one video."""
     common = (prompt, negative_prompt, backbone, length, length_unit, seed, False)
-    a = parse_inputs(*common, a_partitions, a_lookahead, a_eta)
-    b = parse_inputs(*common, b_partitions, b_lookahead, b_eta)
+    a = parse_inputs(*common, partitions=a_partitions, lookahead=a_lookahead, eta=a_eta)
+    b = parse_inputs(*common, partitions=b_partitions, lookahead=b_lookahead, eta=b_eta)
     first = True
     for u in SERVICE.compare(a, b, _sid(request)):
         video = _cleared(u) if first else _video_value(u)
         mp4 = str(u.result.mp4) if u.result is not None else (None if first else gr.skip())
         first = False
         yield video, mp4, _status_html(u), u.as_dict()
-
-
-def example_video(prompt: str, backbone: str, length: float, length_unit: str, seed: float, random_seed: bool) -> Iterator[tuple]:
-    """An example's video, for the lazy example cache: only chunk paths (or the MP4) for the video output."""
-    try:
-        settings = parse_inputs(prompt, "", backbone, length, length_unit, seed, random_seed)
-        for u in SERVICE.generate(settings, f"examples-{abs(hash(prompt)) % 10**8}"):
-            video = str(u.chunk) if u.chunk is not None else (str(u.preview_mp4) if u.preview_mp4 is not None else None)
-            yield video, (str(u.result.mp4) if u.result else None), _status_html(u), u.as_dict()
-    except (InputError, RunError) as e:
-        raise gr.Error(str(e), print_exception=False) from None
 
 
 def stop(request: gr.Request = None) -> str:
@@ -386,41 +370,33 @@ def backbone_defaults(name: str) -> str:
 
 
 # Advanced settings are dropdowns whose first choice is "default" (the backbone's own value, shown in
-# its label); other values can be typed in. A number box cannot be empty in the browser.
-OPTIONS: dict[str, tuple[Any, ...]] = {
-    "partitions": (1, 2, 3, 4, 6, 8),
-    "lookahead": ("on", "off"),
-    "eta": (0, 0.25, 0.5, 1),
-    "guidance": (1, 3, 5, 7.5, 9, 12, 15),
-    "fps": (8, 12, 16, 24, 30),
-    "height": (64, 96, 128, 256, 320, 480, 512, 544),
-    "width": (64, 96, 128, 256, 512, 576, 832, 960),
-}
-OPTION_KEYS = tuple(OPTIONS)
+# its label); other values can be typed in. A number box cannot be empty in the browser. Each is
+# derived from the setting's declaration in `fifo.config.SETTINGS`.
+OPTION_KEYS = tuple(s.name for s in APP_SETTINGS)
 
 
 def _backbone_default(key: str, backbone: str | None) -> str:
     if backbone not in BACKBONES:
         return ""
-    d = BACKBONES[backbone].defaults
-    value = {"partitions": d.partitions, "lookahead": "on" if d.lookahead else "off", "eta": d.eta, "guidance": d.guidance_scale,
-             "fps": d.fps, "height": d.height, "width": d.width}[key]  # fmt: skip
-    return value if isinstance(value, str) else f"{value:g}"
+    return setting_text(SETTING[key], backbone_default(key, BACKBONES[backbone].defaults))
 
 
 def _choices(key: str, backbone: str | None) -> list[tuple[str, Any]]:
     default = _backbone_default(key, backbone)
     first = (f"default ({default})" if default else "default", "default")
-    return [first, *((v if isinstance(v, str) else f"{v:g}", v) for v in OPTIONS[key])]
+    s = SETTING[key]
+    return [first, *((setting_text(s, v),) * 2 for v in s.choices)]
 
 
 def _option(key: str, backbone: str | None, label: str | None = None, value: Any = "default") -> gr.Dropdown:
     """A dropdown for one advanced setting: 'default' first, common values, any other value typed in."""
+    s = SETTING[key]
     return gr.Dropdown(
         _choices(key, backbone),
         value=value,
-        label=label or key,
-        allow_custom_value=key != "lookahead",
+        label=label or s.label,
+        info=None,
+        allow_custom_value=s.kind is not bool,
         filterable=True,
         min_width=110,
     )
@@ -434,25 +410,42 @@ def on_backbone(name: str) -> tuple:
 
 
 def on_load(request: gr.Request) -> tuple:
-    """Fill the widgets from the page's query string (a share link); widgets the link leaves out keep their values."""
+    """Fill the widgets from the page's query string (a share link); widgets the link leaves out keep their values.
+
+    What the link could not use is said in a plain-text box: link text never becomes Markdown or HTML.
+    """
     params = dict(request.query_params) if request is not None else {}
     plain = ("prompt", "negative_prompt", "backbone", "length", "length_unit", "seed", "random_seed")
-    if not params:
-        return (gr.skip(),) * (len(plain) + len(OPTION_KEYS) + 3)
     values, notes = from_query(params)
-    values["guidance"] = values.pop("guidance_scale", None)
+    if not values and not notes:  # no link (or only Gradio's own page parameters)
+        return (gr.skip(),) * (len(plain) + len(OPTION_KEYS) + 4)
     schedule_rows: Any = gr.skip()
     if "prompt" in values:
         values["prompt"], rows = schedule_table(values["prompt"])
         schedule_rows = rows or None
     name = values.get("backbone", DEFAULT_BACKBONE)
     options = [
-        gr.update(choices=_choices(k, name), value=values.get(k) if values.get(k) is not None else "default") for k in OPTION_KEYS
+        gr.update(choices=_choices(k, name), value="default" if values.get(k) is None else setting_text(SETTING[k], values[k]))
+        for k in OPTION_KEYS
     ]
-    note = "Settings loaded from the link: press **Generate** to make it."
+    note = "Settings loaded from the link: press Generate to make it."
     if notes:
         note = "Settings loaded from the link, except: " + "; ".join(notes)
-    return (*(values[k] if k in values else gr.skip() for k in plain), *options, schedule_rows, note, backbone_defaults(name))
+    box = gr.update(open=True) if isinstance(schedule_rows, list) and schedule_rows else gr.skip()
+    return (
+        *(values[k] if k in values else gr.skip() for k in plain),
+        *options,
+        schedule_rows,
+        gr.update(value=f'<div class="fifo-note">{html.escape(note)}</div>', visible=True),  # text, never markup
+        backbone_defaults(name),
+        box,
+    )
+
+
+def seed_used(details: Any, seed: Any) -> Any:
+    """The Seed box after a run: the seed the run used (a random one included), so it can be remade."""
+    used = details.get("seed") if isinstance(details, dict) else None
+    return used if isinstance(used, int) else gr.skip()
 
 
 def end_session(request: gr.Request) -> None:
@@ -469,6 +462,8 @@ CSS = """
 .fifo-line {font-size: 0.95em;}
 .fifo-muted {opacity: .75; font-size: .88em;}
 #fifo-title h1 {margin-bottom: 0;}
+.fifo-note {padding: 6px 10px; border-radius: 8px; background: var(--background-fill-secondary); white-space: pre-wrap;}
+@media (max-width: 640px) {#fifo-title p {display: none;} #fifo-title h1 {font-size: 1.5em;}}
 """
 
 INTRO = """
@@ -513,303 +508,370 @@ def _vocabulary() -> str:
         return "shapes, colours, speeds and directions"
 
 
+def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
+    """The left column of the main tab: prompt, examples, length, seed, buttons, then the finer settings."""
+    ui.prompt = gr.Textbox(
+        label="Prompt",
+        lines=2,
+        max_lines=8,
+        placeholder="a red ball moving right   (or lines like '0: …' and '48: …' for a prompt that changes over time)",
+        elem_id="prompt",
+    )
+    with gr.Row():
+        ui.generate_btn = gr.Button("Generate", variant="primary", scale=3, elem_id="generate", min_width=100)
+        ui.stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False, min_width=60)
+    ui.examples_row = gr.Column(elem_id="examples")
+    with gr.Row():
+        ui.backbone = gr.Dropdown(choices, value=DEFAULT_BACKBONE, label="Backbone", scale=3, min_width=120)
+        ui.length = gr.Number(DEFAULT_SECONDS, label="Length", scale=2, min_width=80)
+        ui.length_unit = gr.Radio(list(LENGTH_UNITS), value="seconds", label="in", scale=2, min_width=120)
+    with gr.Row():
+        ui.seed = gr.Number(0, label="Seed", precision=None, scale=3, min_width=100, elem_id="seed")
+        ui.random_seed = gr.Checkbox(True, label="random seed", scale=2, min_width=100)
+    ui.estimate_md = gr.Markdown(label="estimate", show_label=False, elem_id="estimate")
+    ui.link_note = gr.HTML(visible=False, elem_id="link-note")  # filled with escaped text only: see on_load
+    with gr.Row():
+        ui.extend_len = gr.Number(2.0, label="Extend by", scale=2, min_width=80)
+        ui.extend_unit = gr.Radio(list(LENGTH_UNITS), value="seconds", label="in", scale=2, min_width=120)
+        ui.extend_btn = gr.Button("Extend", scale=2, elem_id="extend", min_width=80)
+    with gr.Accordion("Prompt changes over time (schedule table)", open=False, elem_id="schedule-box") as ui.schedule_box:
+        gr.Markdown("Later prompts and the video frame each starts at; the prompt box holds frame 0.")
+        ui.schedule = gr.Dataframe(
+            headers=["from frame", "prompt"],
+            datatype=["number", "str"],
+            column_count=2,
+            row_count=1,
+            type="array",
+            interactive=True,
+            label="Schedule",
+            elem_id="schedule",
+        )
+        ui.schedule.data_model = _ScheduleData
+    with gr.Accordion("Negative prompt and advanced settings", open=False):
+        ui.negative = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from (ignored by the toy world)")
+        ui.defaults_md = gr.Markdown(backbone_defaults(DEFAULT_BACKBONE))
+        ui.options = {}
+        for row in (OPTION_KEYS[:3], OPTION_KEYS[3:5], OPTION_KEYS[5:]):
+            with gr.Row():
+                ui.options.update({k: _option(k, DEFAULT_BACKBONE) for k in row})
+    with gr.Accordion("Continue a saved queue state", open=False):
+        gr.Markdown(
+            "Upload a state file saved after a run (here or by `python -m fifo --save-state`) and press Continue: the new "
+            "video starts where that one ended, with the fps, size and settings the state records, the length from "
+            "**Extend by**, and the prompt the state records (or the prompt typed above from its first new frame on)."
+        )
+        ui.state_upload = gr.File(label="Saved state (.pt)", file_types=[".pt"], type="filepath")
+        ui.continue_btn = gr.Button("Continue")
+
+
+TABLE_SHAPE = "schedule must be a table of [frame, prompt] rows (or write 'FRAME: prompt' lines in the prompt)"
+
+
+class _ScheduleData(DataframeData):
+    """The schedule table's payload, refused with one clear message when it is not a table (an API client's)."""
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> DataframeData:  # type: ignore[override]
+        try:
+            return DataframeData.model_validate(obj, **kwargs)
+        except ValueError:  # pydantic's ValidationError names no field a visitor knows
+            raise gr.Error(TABLE_SHAPE, title="Please check the settings", print_exception=False) from None
+
+
+def _outputs(ui: SimpleNamespace) -> None:
+    """The right column: the video, its progress and the queue picture together, then the files and the link."""
+    ui.video = gr.Video(
+        label="Video (grows while it is made)",
+        streaming=STREAMING,
+        autoplay=True,
+        loop=True,
+        height=300,
+        interactive=False,
+        elem_id="live",
+        buttons=[] if STREAMING else ["download"],
+    )
+    ui.status = gr.HTML(_status_html(None), label="Status", elem_id="status")
+    ui.queue_img = gr.Image(
+        queueviz.placeholder(),
+        label="The FIFO queue, live",
+        show_label=False,
+        interactive=False,
+        type="numpy",
+        format="webp",
+        elem_id="queue",
+        height=170,
+        buttons=["fullscreen"],
+    )
+    with gr.Row():
+        ui.mp4_file = gr.File(label="Whole video (MP4)", interactive=False, elem_id="mp4", height=90)
+        ui.state_file = gr.File(label="Queue state, to continue later", interactive=False, height=90)
+    ui.share = gr.Textbox(label="Share link: remakes this video exactly", interactive=False, buttons=["copy"], elem_id="share")
+    with gr.Accordion("Run details (JSON)", open=False):
+        ui.details = gr.JSON(label="progress", elem_id="details")
+
+
+def _examples(ui: SimpleNamespace) -> list[Any]:
+    """Examples under the prompt: a click fills in the settings; a toy example also starts it, streaming."""
+    exs = usable(load_examples(), MANAGER.gpu())
+    ex_inputs = [ui.prompt, ui.backbone, ui.length, ui.length_unit, ui.seed, ui.random_seed]
+    groups = []
+    with ui.examples_row:
+        for gpu, label in (
+            (False, "Toy-world examples (click one to watch it being made)"),
+            (True, "Examples for the pretrained models (click one, then Generate)"),
+        ):
+            chosen = [e for e in exs if BACKBONES[e.backbone].needs_gpu == gpu]
+            if chosen:
+                groups.append((gpu, gr.Examples(
+                    examples=[[e.prompt, e.backbone, e.seconds, "seconds", e.seed, False] for e in chosen],
+                    example_labels=[e.label for e in chosen],
+                    inputs=ex_inputs,
+                    label=label,
+                    examples_per_page=8,
+                )))  # fmt: skip
+    return groups
+
+
+def _compare_tab(choices: list[tuple[str, str]]) -> None:
+    """The second tab: one prompt and seed under settings A and B, side by side."""
+    gr.Markdown(
+        "The same prompt and seed under two settings, side by side in one video, frame for frame: "
+        "e.g. lookahead off and on, or 1 and 4 partitions."
+    )
+    c = SimpleNamespace()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=300):
+            c.prompt = gr.Textbox("a red ball moving right", label="Prompt", lines=2)
+            with gr.Row():
+                c.backbone = gr.Dropdown(choices, value=DEFAULT_BACKBONE, label="Backbone", scale=3, min_width=120)
+                c.length = gr.Number(4.0, label="Length", scale=2, min_width=80)
+                c.unit = gr.Radio(list(LENGTH_UNITS), value="seconds", label="in", scale=2, min_width=120)
+                c.seed = gr.Number(0, label="Seed", precision=None, scale=2, min_width=80)
+            c.preset = gr.Radio(list(PRESETS), value="lookahead off vs on", label="Preset")
+            c.ab = []
+            for side, look in (("A", "off"), ("B", "on")):
+                with gr.Row():
+                    c.ab += [_option("partitions", DEFAULT_BACKBONE, f"{side}: partitions"),
+                             _option("lookahead", DEFAULT_BACKBONE, f"{side}: lookahead", look),
+                             _option("eta", DEFAULT_BACKBONE, f"{side}: eta")]  # fmt: skip
+            c.estimate = gr.Markdown(label="estimate", show_label=False)
+            with gr.Row():
+                c.run = gr.Button("Compare", variant="primary", scale=3)
+                c.stop = gr.Button("Stop", variant="stop", scale=1, interactive=False)
+        with gr.Column(scale=6, min_width=300):
+            c.video = gr.Video(
+                label="A | B",
+                show_label=False,  # the frames carry their own labels; the badge would cover A's
+                height=300,
+                streaming=STREAMING,
+                autoplay=True,
+                loop=True,
+                interactive=False,
+                buttons=[] if STREAMING else ["download"],
+            )
+            c.status = gr.HTML(_status_html(None, "Press <b>Compare</b>."), label="Status")
+            c.file = gr.File(label="Side-by-side video (MP4)", interactive=False)
+            with gr.Accordion("Run details (JSON)", open=False):
+                c.details = gr.JSON(label="progress")
+    _wire_compare(c)
+    return c
+
+
+PRESETS = {
+    "lookahead off vs on": ("default", "off", "default", "default", "on", "default"),
+    "1 vs 4 partitions": (1, "default", "default", 4, "default", "default"),
+    "eta 0 vs 1": ("default", "default", 0, "default", "default", 1),
+}
+PRIVATE = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
+
+
+def compare_estimate(name: str, n: float, unit: str, ap: Any, al: str, bp: Any, bl: str) -> str:
+    """The estimate lines of a comparison's two runs."""
+    a = SERVICE.estimate(name, n, unit, ap, al, None, None, None)
+    b = SERVICE.estimate(name, n, unit, bp, bl, None, None, None)
+    return f"A: {a}  \nB: {b}"
+
+
+def _running(run: gr.Button, stop: gr.Button, *others: gr.Button) -> tuple[dict, Callable[..., Any]]:
+    """Button states while a run goes (its button and the others off, Stop on) and a function that restores them."""
+    busy = lambda: (gr.update(interactive=False), gr.update(interactive=True), *(gr.update(interactive=False) for _ in others))
+    idle = lambda: (gr.update(interactive=True), gr.update(interactive=False), *(gr.update(interactive=True) for _ in others))
+    outs = [run, stop, *others]
+    return {"fn": busy, "outputs": outs, **PRIVATE}, {"fn": idle, "outputs": outs, **PRIVATE}
+
+
+def _wire_compare(c: SimpleNamespace) -> None:
+    busy, idle = _running(c.run, c.stop)
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": GPU_SLOTS, "show_progress": "minimal", "show_progress_on": [c.status]}
+    c.run.click(**busy).then(
+        compare,
+        [c.prompt, c.backbone, c.length, c.unit, c.seed, *c.ab],
+        [c.video, c.file, c.status, c.details],
+        api_name="compare",
+        **gpu,
+    ).then(**idle)
+    c.stop.click(stop_button, None, None, api_name="stop_button_1", **PRIVATE)
+    est_inputs = [c.backbone, c.length, c.unit, c.ab[0], c.ab[1], c.ab[3], c.ab[4]]
+    gr.on([x.change for x in est_inputs], compare_estimate, est_inputs, c.estimate, **PRIVATE)
+    c.preset.input(lambda p: PRESETS.get(p, (gr.skip(),) * 6), c.preset, c.ab, **PRIVATE)
+    c.backbone.input(
+        lambda name: tuple(gr.update(choices=_choices(k, name)) for k in ("partitions", "lookahead", "eta") * 2),
+        c.backbone,
+        c.ab,
+        **PRIVATE,
+    )
+
+
+def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
+    """The main tab's events: generate, extend, continue and stop, estimates, backbone changes, examples."""
+    # the order of generate's published parameters: core, each declared setting, the schedule table
+    gen_inputs = [
+        ui.prompt,
+        ui.negative,
+        ui.backbone,
+        ui.length,
+        ui.length_unit,
+        ui.seed,
+        ui.random_seed,
+        *ui.options.values(),
+        ui.schedule,
+    ]
+    gen_outputs = [ui.video, ui.mp4_file, ui.state_file, ui.status, ui.queue_img, ui.share, ui.details]
+    # while queued, Gradio's own "queue: 2/3" line shows on the progress panel
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": GPU_SLOTS, "show_progress": "minimal", "show_progress_on": [ui.status]}
+    est_inputs = [
+        ui.backbone,
+        ui.length,
+        ui.length_unit,
+        *(ui.options[k] for k in ("partitions", "lookahead", "fps", "height", "width")),
+    ]
+    gr.on(
+        [c.change for c in est_inputs],
+        estimate,
+        est_inputs,
+        ui.estimate_md,
+        api_name="estimate",
+        queue=False,
+        show_progress="hidden",
+    )
+    refresh = {"fn": estimate, "inputs": est_inputs, "outputs": ui.estimate_md, **PRIVATE}
+    seed_back = {"fn": seed_used, "inputs": [ui.details, ui.seed], "outputs": ui.seed, **PRIVATE}
+    busy, idle = _running(ui.generate_btn, ui.stop_btn, ui.extend_btn, ui.continue_btn)
+    runs = [
+        (ui.generate_btn.click, generate, gen_inputs, "generate"),
+        (ui.extend_btn.click, extend, [ui.prompt, ui.extend_len, ui.extend_unit, ui.schedule], "extend"),
+        (
+            ui.continue_btn.click,
+            continue_state,
+            [ui.state_upload, ui.prompt, ui.extend_len, ui.extend_unit, ui.schedule],
+            "continue_state",
+        ),
+    ]
+    for trigger, fn, inputs, name in runs:  # after a run the estimate is refreshed: its rates were just measured
+        trigger(**busy).then(fn, inputs, gen_outputs, api_name=name, **gpu).then(**idle).then(**seed_back).then(**refresh)
+    for gpu_ex, ex in examples:
+        if not gpu_ex:  # a toy example runs at once, streaming like Generate
+            ex.load_input_event.then(**busy).then(generate, gen_inputs, gen_outputs, api_visibility="private", **gpu).then(**idle)
+    ui.stop_btn.click(stop_button, None, None, api_name="stop_button_0", **PRIVATE)
+    gr.api(stop, api_name="stop", queue=False)
+    ui.backbone.input(on_backbone, ui.backbone, [*ui.options.values(), ui.defaults_md], **PRIVATE)
+
+
 def build() -> gr.Blocks:
-    """The whole page."""
+    """The whole page: the main tab (inputs left; video, progress and queue right), the comparison tab, events."""
     choices = [(c.label, c.name) for c in MANAGER.choices()]
+    ui = SimpleNamespace()
     with gr.Blocks(title="FIFO-Diffusion: endless text-to-video", delete_cache=(900, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
             with gr.Tab("Make a video"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=5, min_width=340):
-                        prompt = gr.Textbox(
-                            label="Prompt",
-                            lines=2,
-                            max_lines=8,
-                            placeholder="a red ball moving right   (or lines like '0: …' and '48: …' for a prompt that changes over time)",
-                            elem_id="prompt",
-                        )
-                        with gr.Row():
-                            backbone = gr.Dropdown(choices, value=DEFAULT_BACKBONE, label="Backbone", scale=3)
-                            length = gr.Number(DEFAULT_SECONDS, label="Length", scale=2)
-                            length_unit = gr.Radio(list(LENGTH_UNITS), value="seconds", label="in", scale=2)
-                        with gr.Row():
-                            seed = gr.Number(0, label="Seed", precision=None, scale=3)
-                            random_seed = gr.Checkbox(True, label="random seed", scale=2)
-                        with gr.Accordion("Prompt changes over time (schedule table)", open=False):
-                            gr.Markdown("Later prompts and the video frame each starts at; the prompt box holds frame 0.")
-                            schedule = gr.Dataframe(
-                                headers=["from frame", "prompt"],
-                                datatype=["number", "str"],
-                                column_count=2,
-                                row_count=1,
-                                type="array",
-                                interactive=True,
-                                label="Schedule",
-                            )
-                        with gr.Accordion("Negative prompt and advanced settings", open=False):
-                            negative = gr.Textbox(
-                                "", label="Negative prompt", placeholder="what to steer away from (ignored by the toy world)"
-                            )
-                            defaults_md = gr.Markdown(backbone_defaults(DEFAULT_BACKBONE))
-                            with gr.Row():
-                                partitions = _option("partitions", DEFAULT_BACKBONE)
-                                lookahead = _option("lookahead", DEFAULT_BACKBONE)
-                                eta = _option("eta", DEFAULT_BACKBONE)
-                            with gr.Row():
-                                guidance = _option("guidance", DEFAULT_BACKBONE)
-                                fps = _option("fps", DEFAULT_BACKBONE)
-                                height = _option("height", DEFAULT_BACKBONE)
-                                width = _option("width", DEFAULT_BACKBONE)
-                        estimate_md = gr.Markdown(label="estimate", show_label=False, elem_id="estimate")
-                        link_note = gr.Markdown()
-                        with gr.Row():
-                            generate_btn = gr.Button("Generate", variant="primary", scale=3, elem_id="generate")
-                            stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
-                        with gr.Row():
-                            extend_len = gr.Number(2.0, label="Extend by", scale=2)
-                            extend_unit = gr.Radio(list(LENGTH_UNITS), value="seconds", label="in", scale=2)
-                            extend_btn = gr.Button("Extend", scale=2, elem_id="extend")
-                        with gr.Accordion("Continue a saved queue state", open=False):
-                            gr.Markdown(
-                                "Upload a state file saved after a run (here or by `python -m fifo --save-state`) and press "
-                                "Continue: the new video starts where that one ended, with the prompt the state records, or "
-                                "with the prompt typed above from its first new frame on."
-                            )
-                            state_upload = gr.File(label="Saved state (.pt)", file_types=[".pt"], type="filepath")
-                            continue_btn = gr.Button("Continue")
-                    with gr.Column(scale=6, min_width=360):
-                        video = gr.Video(
-                            label="Video (grows while it is made)",
-                            streaming=STREAMING,
-                            autoplay=True,
-                            loop=False,
-                            height=380,
-                            interactive=False,
-                            elem_id="live",
-                            buttons=[] if STREAMING else ["download"],
-                        )
-                        status = gr.HTML(_status_html(None), label="Status", elem_id="status")
-                        with gr.Row():
-                            mp4_file = gr.File(label="Whole video (MP4)", interactive=False, elem_id="mp4", height=90)
-                            state_file = gr.File(label="Queue state, to continue later", interactive=False, height=90)
-                        share = gr.Textbox(
-                            label="Share link: remakes this video exactly", interactive=False, buttons=["copy"], elem_id="share"
-                        )
-                        with gr.Accordion("Run details (JSON)", open=False):
-                            details = gr.JSON(label="progress", elem_id="details")
-                queue_img = gr.Image(
-                    queueviz.placeholder(),
-                    label="The FIFO queue, live",
-                    show_label=False,
-                    interactive=False,
-                    type="numpy",
-                    format="webp",
-                    elem_id="queue",
-                    buttons=["fullscreen"],
-                )
-
-                exs = usable(load_examples(), MANAGER.gpu())
-                toy_exs = [e for e in exs if not BACKBONES[e.backbone].needs_gpu]
-                real_exs = [e for e in exs if BACKBONES[e.backbone].needs_gpu]
-                ex_inputs = [prompt, backbone, length, length_unit, seed, random_seed]
-                if toy_exs:  # cheap to run, so their videos are cached on first use
-                    gr.Examples(
-                        examples=[[e.prompt, e.backbone, e.seconds, "seconds", e.seed, False] for e in toy_exs],
-                        example_labels=[e.label for e in toy_exs],
-                        inputs=ex_inputs,
-                        outputs=[video, mp4_file, status, details],
-                        fn=example_video,
-                        cache_examples=True,
-                        cache_mode="lazy",
-                        label="Toy-world examples (click one to see it; Generate to watch it being made)",
-                        examples_per_page=8,
-                    )
-                if real_exs:  # a GPU model per click would queue behind runs: these only fill in the settings
-                    gr.Examples(
-                        examples=[[e.prompt, e.backbone, e.seconds, "seconds", e.seed, False] for e in real_exs],
-                        example_labels=[e.label for e in real_exs],
-                        inputs=ex_inputs,
-                        label="Examples for the pretrained models (click one, then Generate)",
-                        examples_per_page=8,
-                    )
-
+                with gr.Row(equal_height=False, elem_id="main-row"):
+                    with gr.Column(scale=5, min_width=300):
+                        _inputs(ui, choices)
+                    with gr.Column(scale=6, min_width=300):
+                        _outputs(ui)
+                examples = _examples(ui)
             with gr.Tab("Compare settings"):
-                gr.Markdown(
-                    "The same prompt and seed under two settings, side by side in one video, frame for frame: "
-                    "e.g. lookahead off and on, or 1 and 4 partitions."
-                )
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=5, min_width=340):
-                        c_prompt = gr.Textbox("a red ball moving right", label="Prompt", lines=2)
-                        with gr.Row():
-                            c_backbone = gr.Dropdown(choices, value=DEFAULT_BACKBONE, label="Backbone", scale=3)
-                            c_length = gr.Number(4.0, label="Length", scale=2)
-                            c_unit = gr.Radio(list(LENGTH_UNITS), value="seconds", label="in", scale=2)
-                            c_seed = gr.Number(0, label="Seed", precision=None, scale=2)
-                        preset = gr.Radio(
-                            ["lookahead off vs on", "1 vs 4 partitions", "eta 0 vs 1"],
-                            value="lookahead off vs on",
-                            label="Preset",
-                        )
-                        with gr.Row():
-                            a_part = _option("partitions", DEFAULT_BACKBONE, "A: partitions")
-                            a_look = _option("lookahead", DEFAULT_BACKBONE, "A: lookahead", "off")
-                            a_eta = _option("eta", DEFAULT_BACKBONE, "A: eta")
-                        with gr.Row():
-                            b_part = _option("partitions", DEFAULT_BACKBONE, "B: partitions")
-                            b_look = _option("lookahead", DEFAULT_BACKBONE, "B: lookahead", "on")
-                            b_eta = _option("eta", DEFAULT_BACKBONE, "B: eta")
-                        c_estimate = gr.Markdown(label="estimate", show_label=False)
-                        with gr.Row():
-                            compare_btn = gr.Button("Compare", variant="primary", scale=3)
-                            c_stop = gr.Button("Stop", variant="stop", scale=1)
-                    with gr.Column(scale=6, min_width=360):
-                        c_video = gr.Video(
-                            label="A | B",
-                            show_label=False,  # the frames carry their own labels; the badge would cover A's
-                            height=380,
-                            streaming=STREAMING,
-                            autoplay=True,
-                            interactive=False,
-                            buttons=[] if STREAMING else ["download"],
-                        )
-                        c_status = gr.HTML(_status_html(None, "Press <b>Compare</b>."), label="Status")
-                        c_file = gr.File(label="Side-by-side video (MP4)", interactive=False)
-                        with gr.Accordion("Run details (JSON)", open=False):
-                            c_details = gr.JSON(label="progress")
-
+                c = _compare_tab(choices)
         with gr.Accordion("How it works", open=False):
             gr.Markdown(HOW.replace("{vocabulary}", _vocabulary()))
-
-        # -- events ------------------------------------------------------------------------------
+        _wire_make(ui, examples)
         gen_inputs = [
-            prompt,
-            negative,
-            backbone,
-            length,
-            length_unit,
-            seed,
-            random_seed,
-            partitions,
-            lookahead,
-            eta,
-            guidance,
-            fps,
-            height,
-            width,
-            schedule,
+            ui.prompt,
+            ui.negative,
+            ui.backbone,
+            ui.length,
+            ui.length_unit,
+            ui.seed,
+            ui.random_seed,
+            *ui.options.values(),
+            ui.schedule,
         ]
-        gen_outputs = [video, mp4_file, state_file, status, queue_img, share, details]
-        gpu = {"concurrency_id": "gpu", "concurrency_limit": GPU_SLOTS, "show_progress": "hidden"}
-        est_inputs = [backbone, length, length_unit, partitions, lookahead, fps, height, width]
-        gr.on(
-            [c.change for c in est_inputs],
-            estimate,
-            est_inputs,
-            estimate_md,
-            api_name="estimate",
-            queue=False,
-            show_progress="hidden",
-        )
-        refresh = {
-            "fn": estimate,
-            "inputs": est_inputs,
-            "outputs": estimate_md,
-            "api_visibility": "private",
-            "queue": False,
-            "show_progress": "hidden",
-        }
-        # after a run the estimate line is refreshed: the rates it uses were just measured
-        generate_btn.click(generate, gen_inputs, gen_outputs, api_name="generate", **gpu).then(**refresh)
-        extend_btn.click(extend, [prompt, extend_len, extend_unit, schedule], gen_outputs, api_name="extend", **gpu).then(
-            **refresh
-        )
-        continue_btn.click(
-            continue_state,
-            [state_upload, prompt, extend_len, extend_unit, schedule],
-            gen_outputs,
-            api_name="continue_state",
-            **gpu,
-        ).then(**refresh)
-        for i, button in enumerate((stop_btn, c_stop)):
-            button.click(stop_button, None, None, api_name=f"stop_button_{i}", api_visibility="private", queue=False)
-        gr.api(stop, api_name="stop", queue=False)
-        compare_btn.click(
-            compare,
-            [c_prompt, c_backbone, c_length, c_unit, c_seed, a_part, a_look, a_eta, b_part, b_look, b_eta],
-            [c_video, c_file, c_status, c_details],
-            api_name="compare",
-            **gpu,
-        )
-
-        def compare_estimate(name: str, n: float, unit: str, ap: Any, al: str, bp: Any, bl: str) -> str:
-            a = SERVICE.estimate(name, n, unit, ap, al, None, None, None)
-            b = SERVICE.estimate(name, n, unit, bp, bl, None, None, None)
-            return f"A: {a}  \nB: {b}"
-
-        c_est_inputs = [c_backbone, c_length, c_unit, a_part, a_look, b_part, b_look]
-        gr.on(
-            [c.change for c in c_est_inputs],
-            compare_estimate,
-            c_est_inputs,
-            c_estimate,
-            api_visibility="private",
-            queue=False,
-            show_progress="hidden",
-        )
-
-        presets = {
-            "lookahead off vs on": ("default", "off", "default", "default", "on", "default"),
-            "1 vs 4 partitions": (1, "default", "default", 4, "default", "default"),
-            "eta 0 vs 1": ("default", "default", 0, "default", "default", 1),
-        }
-        preset.input(
-            lambda p: presets.get(p, (gr.skip(),) * 6),
-            preset,
-            [a_part, a_look, a_eta, b_part, b_look, b_eta],
-            api_visibility="private",
-            queue=False,
-        )
-
-        c_backbone.input(
-            lambda name: tuple(gr.update(choices=_choices(k, name)) for k in ("partitions", "lookahead", "eta") * 2),
-            c_backbone,
-            [a_part, a_look, a_eta, b_part, b_look, b_eta],
-            api_visibility="private",
-            queue=False,
-        )
-        backbone.input(
-            on_backbone,
-            backbone,
-            [partitions, lookahead, eta, guidance, fps, height, width, defaults_md],
-            api_visibility="private",
-            queue=False,
-        )
         gr.api(settings_from_link, api_name="settings_from_link")
-        demo.load(
-            on_load,
-            None,
-            [*gen_inputs, link_note, defaults_md],  # a share link sets every input of /generate
-            api_visibility="private",
-        ).then(estimate, est_inputs, estimate_md, api_visibility="private", queue=False).then(
-            compare_estimate, c_est_inputs, c_estimate, api_visibility="private", queue=False
-        )
+        est_inputs = [
+            ui.backbone,
+            ui.length,
+            ui.length_unit,
+            *(ui.options[k] for k in ("partitions", "lookahead", "fps", "height", "width")),
+        ]
+        c_est = [c.backbone, c.length, c.unit, c.ab[0], c.ab[1], c.ab[3], c.ab[4]]
+        demo.load(on_load, None, [*gen_inputs, ui.link_note, ui.defaults_md, ui.schedule_box], api_visibility="private").then(
+            estimate, est_inputs, ui.estimate_md, **PRIVATE
+        ).then(compare_estimate, c_est, c.estimate, **PRIVATE)
         demo.unload(end_session)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    limit_waiting_per_session(demo._queue, MAX_WAITING_PER_SESSION)
     return demo
+
+
+def limit_waiting_per_session(queue: Any, limit: int) -> None:
+    """Refuse a request when its page already has `limit` requests waiting, so one visitor cannot fill the queue."""
+    push = queue.push
+
+    async def limited(body: Any, request: Any, username: Any) -> Any:
+        sid = getattr(body, "session_hash", None)
+        try:
+            is_run = route_utils.get_fn(queue.blocks, None, body).concurrency_id == "gpu"  # Stop and the rest always pass
+        except Exception:  # noqa: BLE001  (Gradio's own push reports a bad request)
+            is_run = False
+        waiting = sum(e.session_hash == sid for q in queue.event_queue_per_concurrency_id.values() for e in q.queue)
+        if is_run and sid is not None and waiting >= limit:
+            return (
+                False,
+                f"This page already has {waiting} requests waiting, the most one visitor may queue: wait for them, or press Stop.",
+                "queue_full",
+            )
+        return await push(body, request, username)
+
+    queue.push = limited
 
 
 demo = build()
 
 
+def mcp_supported() -> bool:
+    """Whether this Gradio can serve its endpoints as MCP tools (`pip install "gradio[mcp]"`)."""
+    try:
+        import mcp  # noqa: F401
+    except ImportError:
+        return False
+    return "mcp_server" in inspect.signature(gr.Blocks.launch).parameters
+
+
 def launch(**kwargs: Any) -> Any:
-    """Start the server (host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT unless given)."""
+    """Start the server (host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT unless given).
+
+    Where Gradio's MCP server is installed, the documented endpoints (generate, extend, stop, ...)
+    are also MCP tools, each described by its handler's docstring; FIFO_MCP=0 turns that off.
+    """
+    if mcp_supported() and os.environ.get("FIFO_MCP", "1") != "0":
+        kwargs.setdefault("mcp_server", True)
     kwargs.setdefault("theme", gr.themes.Soft(primary_hue="indigo", secondary_hue="pink"))
     kwargs.setdefault("css", CSS)
     kwargs.setdefault("max_file_size", "512mb")
     kwargs.setdefault("footer_links", ["api", "gradio"])
     keep_freed_memory()  # the toy (and any model without a GPU) steps on this process's CPU: fifo/cpu.py
+    _load_default()
     return demo.launch(**kwargs)
 
 

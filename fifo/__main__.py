@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from .config import CONFIG_FIELDS, SETTINGS, Setting
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -27,18 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="video frames to emit after warm-up (default: 10 s)")
     p.add_argument("-o", "--output", type=Path, default=Path("out.mp4"), help="MP4 to write (default: out.mp4)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0, or the resumed state's)")
-    p.add_argument("--height", type=int, default=None, help="pixels; default: the backbone's")
-    p.add_argument("--width", type=int, default=None, help="pixels; default: the backbone's")
     g = p.add_argument_group("FIFO settings (default: the backbone's own)")
-    g.add_argument("--frames-per-window", type=int, default=None, help="f: latent frames per model call")
-    g.add_argument("--partitions", type=int, default=None, help="n: the queue holds f*n frames, f*n/b rungs")
-    g.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=None, help="lookahead denoising")
-    g.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1]")
-    g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1 = off)")
-    g.add_argument("--fps", type=int, default=None, help="frames per second of the video")
-    g.add_argument("--warmup", choices=("discard", "keep"), default="discard", help="keep the L-f warm-up frames?")
-    g.add_argument("--window-batch", type=int, default=None, help="windows per forward call (default: all)")
-    g.add_argument("--frames-per-rung", type=int, default=None, help="b: latent frames per rung, dividing f (f//2 with lookahead)")
+    for setting in SETTINGS:  # each flag derives from the setting's one declaration
+        _add_setting(g, setting)
     k = p.add_argument_group("known frames (start from the user's own media)")
     k.add_argument("--init-video", type=Path, help="continue this clip: the video holds --frames new frames after its last frame")
     k.add_argument("--init-image", type=Path, help="start from this picture: the video is the picture, then --frames new frames")
@@ -51,6 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", type=Path, help="continue from a saved state (its seed, size and layout apply)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _add_setting(group: argparse._ArgumentGroup, s: Setting) -> None:
+    """The flag of one declared setting: --name, typed; its range is checked with the others by FIFOConfig."""
+    if s.kind is bool:
+        group.add_argument(s.flag, action=argparse.BooleanOptionalAction, default=None, help=s.help)
+        return
+    default = "the backbone's" if s.default is None else s.default
+    text = s.help if "default:" in s.help else f"{s.help} (default: {default})"
+    choices = s.choices if s.kind is str else None
+    group.add_argument(s.flag, type=s.kind, choices=choices, default=s.default, help=text)
 
 
 def _list_backbones() -> None:
@@ -276,17 +280,7 @@ def _main(args: argparse.Namespace, stop: _Stopper) -> int:
             prompt = recorded  # --resume without a prompt: the state's own schedule goes on
         else:
             prompt = args.prompt
-        config = FIFOConfig(
-            frames_per_window=args.frames_per_window,
-            partitions=args.partitions,
-            lookahead=args.lookahead,
-            eta=args.eta,
-            guidance_scale=args.guidance_scale,
-            fps=args.fps,
-            warmup=args.warmup,
-            window_batch=args.window_batch,
-            frames_per_rung=args.frames_per_rung,
-        )
+        config = FIFOConfig(**{k: getattr(args, k) for k in CONFIG_FIELDS})
         dtype = getattr(torch, args.dtype) if args.dtype else None
         with _run_context(args.device) as dist:
             backbone = load_backbone(

@@ -1,24 +1,120 @@
-"""FIFOConfig: the settings of one FIFO-Diffusion run, frozen and validated.
+"""FIFOConfig: the settings of one FIFO-Diffusion run, frozen and validated; and `SETTINGS`, the one
+declaration of each knob from which the command line, the app's controls, share links, MP4 metadata
+and estimates are derived.
 
 `None` means "the backbone's default"; `config.resolve(backbone)` returns a copy with every such
 field filled in from `backbone.defaults`. Derived values (queue length `L = f * n`, rungs `R = L / b`,
 context slots, windows per step) are properties of a resolved config.
+
+Legend (code name -> paper notation):
+    frames_per_window  f    latent frames the model sees per call
+    partitions         n    the queue holds L = f * n latent frames
+    frames_per_rung    b    latent frames per noise level (1 in the paper): R = L / b rungs
+    lookahead          -    lookahead denoising: 2n windows, h = f // 2 context frames
+    eta                eta  DDIM stochasticity
+    guidance_scale     w    classifier-free guidance weight
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Any
 
 from .schedule import check_frames_per_rung, context_slots, num_rungs, windows
 
 WARMUP_POLICIES = ("discard", "keep")
-_DEFAULTED = ("frames_per_window", "partitions", "lookahead", "eta", "guidance_scale", "fps")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One knob, declared once. Its `name` is the FIFOConfig field (or run field), the CLI flag
+    (`--frames-per-window`), the app's API parameter, the share-link key and the MP4 metadata key."""
+
+    name: str
+    kind: type  # int, float, bool or str
+    label: str  # the app control's label
+    help: str  # one line, for the CLI and the app
+    low: float | None = None  # numbers: the allowed range, inclusive
+    high: float | None = None
+    choices: tuple[Any, ...] = ()  # str: the allowed values; numbers: common values the app offers
+    default: Any = None  # None: the backbone's own (`BackboneDefaults.<name>`)
+    note: str = ""  # appended to the allowed range in messages
+    config: bool = True  # a FIFOConfig field; False: a run field (the video's size)
+    app: bool = True  # an advanced control in the app (and so a share-link key)
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def allowed(self) -> str:
+        """What is allowed, in words: 'must be an integer in [1, 64]'."""
+        if self.kind is bool:
+            text = "must be True or False"
+        elif self.kind is str:
+            text = f"allowed are {self.choices}"
+        else:
+            noun = "an integer" if self.kind is int else "a number"
+            hi = "" if self.high is None else f", {self.high:g}]"
+            text = f"must be {noun} in [{self.low:g}{hi}" if hi else f"must be {noun} >= {self.low:g}"
+        return text + (f" {self.note}" if self.note else "")
+
+    def check(self, value: Any) -> Any:
+        """`value` if it is allowed (None always is), else ValueError naming the setting and the value."""
+        if value is None:
+            return None
+        ok = _is_kind(value, self.kind)
+        if ok and self.kind is str:
+            ok = value in self.choices
+        elif ok and self.kind in (int, float):
+            ok = math.isfinite(value) and (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+        if not ok:
+            raise ValueError(f"{self.name}={value!r}: {self.allowed}")
+        return value
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+# The one declaration of each setting. Order is the order of the CLI group, the app's controls and
+# the app's API parameters.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("frames_per_window", int, "frames per window", "f: latent frames per model call", 2, 256, app=False),
+    Setting("partitions", int, "partitions", "n: the queue holds f*n rungs (more: slower, smoother)", 1, 64, (1, 2, 3, 4, 6, 8)),
+    Setting("lookahead", bool, "lookahead", "lookahead denoising (twice the compute, better frames)", choices=(True, False)),
+    Setting("eta", float, "eta", "DDIM stochasticity; 0 for flow models", 0, 1, (0, 0.25, 0.5, 1)),
+    Setting("guidance_scale", float, "guidance scale", "classifier-free guidance", 1, 50, (1, 3, 5, 7.5, 9, 12, 15), note="(1 turns guidance off)"),
+    Setting("fps", int, "fps", "frames per second of the video", 1, 120, (8, 12, 16, 24, 30)),
+    Setting("height", int, "height", "pixels", 8, 4096, (64, 96, 128, 256, 320, 480, 512, 544), config=False),
+    Setting("width", int, "width", "pixels", 8, 4096, (64, 96, 128, 256, 512, 576, 832, 960), config=False),
+    Setting("warmup", str, "warm-up frames", "keep the L-f warm-up frames in the video?", choices=WARMUP_POLICIES, default="discard", app=False),
+    Setting("frames_per_rung", int, "frames per rung", "b: latent frames per noise level; divides f (f//2 with lookahead); b times fewer calls per frame", 1, 256, (1, 2, 4, 8), app=False),
+    Setting("window_batch", int, "windows per call", "windows per forward call (default: all of a step in one call)", 1, note="(None: all windows in one call)", app=False),
+)  # fmt: skip
+SETTING: dict[str, Setting] = {s.name: s for s in SETTINGS}
+APP_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.app)
+CONFIG_FIELDS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.config)
+# fields left to the backbone when None (window_batch's None means "all windows"; frames_per_rung is resolved on its own)
+_DEFAULTED = tuple(s.name for s in SETTINGS if s.config and s.default is None and s.name not in ("window_batch", "frames_per_rung"))
+
+
+def backbone_default(name: str, defaults: Any) -> Any:
+    """The value setting `name` takes when left unset, with these backbone defaults."""
+    s = SETTING[name]
+    return getattr(defaults, name) if s.default is None else s.default
 
 
 @dataclass(frozen=True)
 class FIFOConfig:
-    """Settings of a run; a `None` field takes the backbone's default in `resolve`."""
+    """Settings of a run; a `None` field takes the backbone's default in `resolve` (see `SETTINGS`)."""
 
     frames_per_window: int | None = None  # f: latent frames per model call
     partitions: int | None = None  # n: the queue holds L = f * n rungs
@@ -31,35 +127,12 @@ class FIFOConfig:
     frames_per_rung: int | None = None  # b: latent frames per noise level; None: the backbone's (1 unless it says)
 
     def __post_init__(self) -> None:
-        def bad(field: str, allowed: str) -> ValueError:
-            return ValueError(f"{field}={getattr(self, field)!r}: {allowed}")
-
-        def is_int(v) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if self.frames_per_window is not None and (not is_int(self.frames_per_window) or not 2 <= self.frames_per_window <= 256):
-            raise bad("frames_per_window", "must be an integer in [2, 256]")
-        if self.partitions is not None and (not is_int(self.partitions) or not 1 <= self.partitions <= 64):
-            raise bad("partitions", "must be an integer in [1, 64]")
-        if self.lookahead is not None and not isinstance(self.lookahead, bool):
-            raise bad("lookahead", "must be True or False")
-        if self.eta is not None and (isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0):
-            raise bad("eta", "must be a number in [0, 1]")
-        if self.guidance_scale is not None and (
-            isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) or not 1.0 <= self.guidance_scale <= 50.0
-        ):
-            raise bad("guidance_scale", "must be a number in [1, 50] (1 turns guidance off)")
-        if self.fps is not None and (not is_int(self.fps) or not 1 <= self.fps <= 120):
-            raise bad("fps", "must be an integer in [1, 120]")
-        if self.warmup not in WARMUP_POLICIES:
-            raise bad("warmup", f"allowed are {WARMUP_POLICIES}")
-        if self.window_batch is not None and (not is_int(self.window_batch) or self.window_batch < 1):
-            raise bad("window_batch", "must be an integer >= 1, or None for all windows in one call")
-        if self.frames_per_rung is not None:
-            if not is_int(self.frames_per_rung) or not 1 <= self.frames_per_rung <= 256:
-                raise bad("frames_per_rung", "must be an integer in [1, 256]")
-            if self.frames_per_window is not None and self.lookahead is not None:
-                check_frames_per_rung(self.frames_per_window, self.lookahead, self.frames_per_rung)
+        if self.warmup is None:
+            raise ValueError(f"warmup=None: {SETTING['warmup'].allowed}")
+        for name in CONFIG_FIELDS:
+            SETTING[name].check(getattr(self, name))
+        if self.frames_per_rung is not None and self.frames_per_window is not None and self.lookahead is not None:
+            check_frames_per_rung(self.frames_per_window, self.lookahead, self.frames_per_rung)
 
     @property
     def is_resolved(self) -> bool:

@@ -15,6 +15,7 @@ import os
 import pickle
 import secrets
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +213,23 @@ def _short(v: object) -> str:
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
+class _Interrupted(Exception):
+    """The warm start was asked to stop between its model calls."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pass of a stream's loop: at most one queue step, and the video frames handed out by then."""
+
+    index: int  # latent frames popped so far (warm-up included), after this pass
+    frames: np.ndarray  # (N, H, W, 3) uint8, in video order; N may be 0 (warm-up, or a decode still in flight)
+    frames_emitted: int  # video frames handed out so far, these included
+    warming_up: bool  # no video frame popped yet
+    stepped: bool  # the queue moved (False: only frames decoded earlier were handed out)
+    seconds: float  # wall time of this pass
+    warm_start: bool  # this pass ran the warm start (its time is not a typical step's)
+
+
 def latents_for_frames(num_frames: int, temporal_compression: int) -> int:
     """Latent frames needed to decode `num_frames` video frames (causal VAEs: 1 + 4k)."""
     if temporal_compression == 1 or num_frames <= 0:
@@ -266,6 +284,7 @@ class FIFOStream:
         self._batch_t: dict[tuple[Window, ...], torch.Tensor] = {}
         self._decoder = backbone.decoder()
         self.queue: torch.Tensor | None = None  # (C, h + L, lh, lw) float32, on the backbone's device
+        self._interrupt: Callable[[], bool] | None = None  # read during the warm start (see `steps`)
         self.step_index = 0
         self.frames_emitted = 0
         self._pending = np.zeros((0, self.height, self.width, 3), np.uint8)
@@ -522,6 +541,15 @@ class FIFOStream:
         """The noise step k uses (a hook: `parallel.PipelinedFIFOStream` draws it one step ahead)."""
         return self._draw_step_noise(k)
 
+    def _warm_start_or_interrupt(self) -> bool:
+        """Run the warm start, unless `interrupt` (of `steps`) says stop between its model calls; True if done."""
+        try:
+            with torch.inference_mode():
+                self._warm_start()
+        except _Interrupted:
+            return False
+        return True
+
     def _warm_start(self) -> None:
         """Sample one ordinary f-frame clip in R steps, then fill the queue with it, re-noised per rung."""
         f, L, h, lad = self.f, self.L, self.h, self.ladder
@@ -533,6 +561,8 @@ class FIFOStream:
         x = keyed_normal_frames(self.latent_shape, self.seed, BASE, list(range(f)), [0] * f).to(dev)  # (C, f, lh, lw)
         cond = [self._cond_of_latent(L - f)]
         for i in reversed(range(R)):  # every frame of the clip from rung i to i - 1
+            if self._interrupt is not None and self._interrupt():
+                raise _Interrupted
             t = lad.timesteps[i].float().to(dev).expand(1, f)
             x, t = self._known_clip_frames(x, t, L - f)
             out = self._denoise(x[None], t, cond)[0]
@@ -588,38 +618,94 @@ class FIFOStream:
 
     # -- frames out -----------------------------------------------------------------------------
 
+    def steps(self, num_frames: int, callback: Callback | None = None, interrupt: Callable[[], bool] | None = None) -> Iterator[Step]:
+        """Step the queue until `num_frames` more video frames are handed out, yielding each pass of the loop.
+
+        A pass runs at most one queue step and hands out the frames decoded by then (with decode-ahead
+        they come a step later). It never steps further than the frames asked for need.
+        `callback(info)` runs after every queue step; a truthy return stops after that step, with
+        the frames made so far handed out. Closing the iterator early keeps the stream resumable.
+        `interrupt()` is read between the warm start's model calls: true ends the iteration with
+        the queue still empty (the warm start is the one long stretch without a step boundary).
+        """
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 0:
+            raise ValueError(f"num_frames={num_frames!r}: must be a non-negative integer")
+        self._interrupt = interrupt
+        return self._steps(num_frames, callback)
+
     def frames(self, num_frames: int, callback: Callback | None = None) -> Iterator[np.ndarray]:
         """Yield the next `num_frames` video frames, uint8 (H, W, 3), each as soon as it is decoded.
 
         `callback(info)` runs after every step; a truthy return stops the run after that step.
         """
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 0:
-            raise ValueError(f"num_frames={num_frames!r}: must be a non-negative integer")
-        return self._frames(num_frames, callback)
+        steps = self.steps(num_frames, callback)
+        return self._frames_of(steps)
 
-    def _frames(self, num_frames: int, callback: Callback | None) -> Iterator[np.ndarray]:
+    def _frames_of(self, steps: Iterator[Step]) -> Iterator[np.ndarray]:
+        with contextlib.closing(steps):
+            for st in steps:
+                for i in range(len(st.frames) if self.decodes else 0):
+                    try:
+                        yield st.frames[i]
+                    except GeneratorExit:  # closed mid-step: the frames not taken stay the stream's
+                        self._give_back(st.frames[i + 1 :])
+                        raise
+
+    def _give_back(self, frames: np.ndarray) -> None:
+        """Frames handed out but not taken go back to the front of the pending ones, uncounted."""
+        if len(frames):
+            self._pending = np.concatenate([frames, self._pending]) if len(self._pending) else frames
+            self.frames_emitted -= len(frames)
+
+    def hand_out(self, left: int) -> np.ndarray:
+        """Up to `left` frames decoded but not yet handed out, now counted as emitted (after a stop)."""
+        self._drain()
+        return self._hand_out(max(left, 0))
+
+    def _hand_out(self, left: int) -> np.ndarray:
+        """Up to `left` pending frames, counted as emitted."""
+        take, self._pending = self._pending[:left], self._pending[left:]
+        self.frames_emitted += len(take)
+        return take
+
+    def _steps(self, num_frames: int, callback: Callback | None) -> Iterator[Step]:
         left = num_frames
         callback = self._agree_on_callback(callback)
-        with self._running(), torch.inference_mode():
+        with self._running():
             while left > 0:
-                if len(self._pending):
-                    take, self._pending = self._pending[:left], self._pending[left:]
-                    for frame in take:
-                        self.frames_emitted += 1
-                        left -= 1
-                        if self.decodes:
-                            yield frame
-                    continue
-                if self._collect_ready(left):
-                    continue
-                first = self.step_index * self.b  # latent index of the first popped frame
-                latents = self.step_frames()  # (C, b, lh, lw)
-                for j in range(self.b):
-                    if first + j >= self.warmup:
-                        self._decode_popped(latents[:, j], first + j - self.warmup + self._primed)
-                if self._stop_requested(callback, num_frames - left):
-                    self._drain()
-                    left = min(left, len(self._pending))  # stop: hand out what was stepped
+                t0 = time.perf_counter()
+                warm_start = stepped = False
+                if not len(self._pending) and not self._collect_ready(left):
+                    warm_start, stepped = self.queue is None, True
+                    if warm_start and not self._warm_start_or_interrupt():
+                        return
+                    with torch.inference_mode():  # entered per pass: nothing leaks to the caller between passes
+                        first = self.step_index * self.b  # latent index of the first popped frame
+                        latents = self.step_frames()  # (C, b, lh, lw)
+                        for j in range(self.b):
+                            if first + j >= self.warmup:
+                                self._decode_popped(latents[:, j], first + j - self.warmup + self._primed)
+                    if self._stop_requested(callback, num_frames - left):
+                        self._drain()
+                        left = min(left, len(self._pending))  # stop: hand out what was stepped
+                out = self._hand_out(left)
+                left -= len(out)
+                if stepped or len(out):
+                    yield Step(self.step_index, out, self.frames_emitted, self.warming_up, stepped, time.perf_counter() - t0, warm_start)
+
+    @property
+    def warming_up(self) -> bool:
+        """True until the first frame of the video has been popped."""
+        return self.step_index * self.b <= self.warmup
+
+    def preview(self) -> np.ndarray:
+        """A cheap RGB picture of every slot of the queue (no VAE), (h + L, lh, lw, 3) uint8."""
+        return np.asarray(self.backbone.preview(self.queue))
+
+    @property
+    def slot_timesteps(self) -> torch.Tensor:
+        """(h + L,) the model timestep of each slot, head first."""
+        return self._slot_t
 
     # Hooks of the frames loop: `parallel.PipelinedFIFOStream` decodes in a worker thread,
     # `parallel.DistributedFIFOStream` agrees on stopping across ranks and decodes on one rank.
@@ -652,7 +738,7 @@ class FIFOStream:
         return {
             "step": self.step_index,
             "frames_emitted": self.frames_emitted,
-            "warming_up": self.step_index * self.b <= self.warmup,
+            "warming_up": self.warming_up,
             "timesteps": self._slot_t,  # (h + L,) model timestep of each slot, head first
             "queue": self.queue,  # (C, h + L, lh, lw), read only
             "preview": lambda: self.backbone.preview(self.queue),

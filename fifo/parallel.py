@@ -128,6 +128,10 @@ class PipelinedFIFOStream(FIFOStream):
             fut = _done(np.empty((n, 0, 0, 3), np.uint8))
         elif self._decode_pool is not None:
             fut = self._decode_pool.submit(self._decode_job, latent)
+        elif not self._inflight:  # decoded here and now: straight to the frames to hand out, as the plain stream does
+            frames = self._decoder.decode(latent[:, None])
+            self._pending = frames if not len(self._pending) else np.concatenate([self._pending, frames])
+            return
         else:
             fut = _done(self._decoder.decode(latent[:, None]))
         self._inflight.append((fut, n))

@@ -26,9 +26,9 @@ LOAD_GUESS_S = 60.0  # loading a real model that is not loaded yet
 class Work:
     """Model calls a run makes."""
 
-    warm_start_windows: int  # one window per warm-start step, L steps (0 when continuing)
+    warm_start_windows: int  # one window per warm-start step, R = L / b steps (0 when continuing)
     warmup_steps: int  # queue steps before the first video frame (0 when continuing)
-    frame_steps: int  # queue steps that emit video: one per latent frame
+    frame_steps: int  # queue steps that emit video: one per b latent frames
     windows_per_step: int
     frames: int  # video frames
 
@@ -42,9 +42,9 @@ def work_for(config: FIFOConfig, frames: int, temporal_compression: int = 1, fre
     """The work of making `frames` video frames with a resolved config, from scratch or continuing."""
     latents = latents_for_frames(frames, temporal_compression) if fresh else math.ceil(frames / temporal_compression)
     return Work(
-        warm_start_windows=config.queue_length if fresh else 0,
-        warmup_steps=config.warmup_frames if fresh else 0,
-        frame_steps=latents,
+        warm_start_windows=config.rungs if fresh else 0,
+        warmup_steps=config.warmup_steps if fresh else 0,
+        frame_steps=math.ceil(latents / config.frames_per_rung),
         windows_per_step=len(config.windows),
         frames=frames,
     )

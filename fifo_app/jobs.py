@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from fifo import FIFOState, FIFOStream
+from fifo.engine import Step
+from fifo.parallel import PipelinedFIFOStream
 from fifo.video import ChunkWriter
 
-from . import media
+from . import media, zerogpu
 from .estimate import LEASE_OVERHEAD_S, RateBook, next_lease, work_for
 from .models import MANAGER, LoadError
 from .sessions import StopFlag, VideoRecord
@@ -33,7 +35,8 @@ from .settings import RunSettings
 log = logging.getLogger("fifo_app")
 
 CHUNK_SECONDS = 1.0  # each streamed piece of video; HLS wants a second or more
-END_MARGIN_S = 3.0  # a lease keeps this much of its budget for handing back its state
+END_MARGIN_S = 3.0
+MIN_FRAMES_FOR_OVERHEAD = 12  # runs shorter than this leave the per-frame overhead estimate alone  # a lease keeps this much of its budget for handing back its state
 
 
 class RunError(RuntimeError):
@@ -95,7 +98,7 @@ class StepEvent:
 class LeaseEnd:
     """The lease is over: the queue states (on CPU) and why it ended: 'done', 'stopped' or 'budget'."""
 
-    states: list[FIFOState]
+    states: list[FIFOState | None]  # None: stopped before its warm start was done
     reason: str
 
 
@@ -140,81 +143,118 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def make_stream(spec: TrackSpec) -> FIFOStream:
-    """The FIFO stream a track describes (its backbone must be loaded: a lease never loads models)."""
+    """The FIFO stream a track describes (its backbone must be loaded: a lease never loads models).
+
+    A pipelined stream: on a GPU the decode of one step runs while the next denoises (the same
+    frames as the plain stream)."""
     s = spec.settings
     bb = MANAGER.get(s.backbone)
     seed = None if spec.state is not None else s.seed
-    return FIFOStream(bb, s.prompt, s.config(), seed, s.negative_prompt, s.height, s.width, spec.state)
+    return PipelinedFIFOStream(bb, s.prompt, s.config(), seed, s.negative_prompt, s.height, s.width, spec.state)
+
+
+def _snapshot(stream: FIFOStream) -> QueueSnapshot:
+    cfg = stream.config
+    return QueueSnapshot(
+        preview=stream.preview(),
+        timesteps=stream.slot_timesteps.detach().float().cpu().numpy(),
+        context=cfg.context,
+        frames_per_window=cfg.frames_per_window,
+        step=stream.step_index,
+        warming_up=stream.warming_up,
+    )
+
+
+def _event(i: int, stream: FIFOStream, st: Step, view: QueueSnapshot | None) -> StepEvent:
+    cfg = stream.config
+    return StepEvent(
+        track=i,
+        step=st.index,
+        frames_emitted=st.frames_emitted,
+        warming_up=st.warming_up,
+        warmup_steps=cfg.warmup_steps,
+        step_s=st.seconds,
+        windows=len(cfg.windows) if st.stepped and not st.warm_start else 0,  # 0: not one typical step's time
+        frames=st.frames if len(st.frames) else None,
+        queue=view,
+    )
+
+
+def _out_of_time(work: LeaseWork, start: float, recent: deque[float]) -> bool:
+    """The next round of steps might not fit the lease: hand the state back while there is time."""
+    return (
+        work.budget_s is not None and bool(recent) and time.monotonic() - start + 2 * max(recent) + END_MARGIN_S > work.budget_s
+    )
+
+
+def _step_tracks(work: LeaseWork, streams: list[FIFOStream], steps: list[Iterator[Step]]) -> Iterator[StepEvent]:
+    """Step the tracks in turn, one pass each per round; returns why it ended ('done', 'stopped', 'budget')."""
+    start = time.monotonic()
+    live = list(range(len(streams)))
+    last_view = [-math.inf] * len(streams)
+    recent: deque[float] = deque(maxlen=8)  # seconds of the latest rounds (all tracks together)
+    while live:
+        if _stopped(work.stop_file):
+            return "stopped"
+        if _out_of_time(work, start, recent):
+            return "budget"
+        round_s = 0.0
+        for i in list(live):
+            st = next(steps[i], None)
+            if st is None:
+                live.remove(i)
+                continue
+            round_s += 0.0 if st.warm_start else st.seconds
+            view = None
+            if st.stepped and time.monotonic() - last_view[i] >= work.preview_every_s:
+                last_view[i] = time.monotonic()
+                view = _snapshot(streams[i])
+            yield _event(i, streams[i], st, view)
+        if round_s:
+            recent.append(round_s)
+    return "done"
+
+
+def _failure(e: Exception) -> LeaseFailure:
+    if _is_oom(e):
+        return LeaseFailure("oom", "the GPU ran out of memory")
+    if isinstance(e, (ValueError, LoadError)):
+        return LeaseFailure("input", str(e))
+    log.exception("a lease failed")
+    return LeaseFailure("error", f"{type(e).__name__}: {e}")
 
 
 def lease(work: LeaseWork) -> Iterator[LeaseEvent]:
     """Step every track's queue until its frames are made, Stop is pressed, or the budget runs low."""
-    start = time.monotonic()
     streams: list[FIFOStream] = []
+    steps: list[Iterator[Step]] = []
     try:
         streams = [make_stream(t) for t in work.tracks]
-        made = [0] * len(streams)
-        first_step = [t.state is None for t in work.tracks]  # the first step also runs the warm start
-        last_view = [-math.inf] * len(streams)
-        recent: deque[float] = deque(maxlen=8)  # seconds of the latest steps (all tracks together)
-        reason = "done"
-        while True:
-            active = [i for i, s in enumerate(streams) if made[i] < work.frames[i]]
-            if not active:
-                break
-            if _stopped(work.stop_file):
-                reason = "stopped"
-                break
-            if work.budget_s is not None and recent and time.monotonic() - start + 2 * max(recent) + END_MARGIN_S > work.budget_s:
-                reason = "budget"  # the next step might not fit: hand the state back while there is time
-                break
-            round_s = 0.0
-            for i in active:
-                stream, info = streams[i], {}
-                t0 = time.monotonic()
-                out = list(stream.frames(work.frames[i] - made[i], lambda d, info=info: info.update(d) or True))  # True: one step
-                dt = time.monotonic() - t0
-                round_s += 0 if first_step[i] else dt
-                made[i] += len(out)
-                cfg = stream.config
-                view = None
-                now = time.monotonic()
-                if info and now - last_view[i] >= work.preview_every_s:
-                    last_view[i] = now
-                    view = QueueSnapshot(
-                        preview=np.asarray(info["preview"]()),
-                        timesteps=info["timesteps"].detach().float().cpu().numpy(),
-                        context=cfg.context,
-                        frames_per_window=cfg.frames_per_window,
-                        step=info["step"],
-                        warming_up=info["warming_up"],
-                    )
-                yield StepEvent(
-                    track=i,
-                    step=stream.step_index,
-                    frames_emitted=stream.frames_emitted,
-                    warming_up=stream.step_index <= cfg.warmup_frames,
-                    warmup_steps=cfg.warmup_frames,
-                    step_s=dt,
-                    windows=len(cfg.windows) if not first_step[i] else 0,  # 0: this step's time includes the warm start
-                    frames=np.stack(out) if out else None,
-                    queue=view,
-                )
-                first_step[i] = False
-            if round_s:
-                recent.append(round_s)
-        yield LeaseEnd([cpu_copy(s.state()) for s in streams], reason)
-    except Exception as e:  # reported as data: an exception from a ZeroGPU worker loses its message
-        if _is_oom(e):
-            yield LeaseFailure("oom", "the GPU ran out of memory")
-        elif isinstance(e, (ValueError, LoadError)):
-            yield LeaseFailure("input", str(e))
-        else:
-            log.exception("a lease failed")
-            yield LeaseFailure("error", f"{type(e).__name__}: {e}")
+        stop = lambda: _stopped(work.stop_file)  # also read between the warm start's model calls
+        steps = [s.steps(n, interrupt=stop) for s, n in zip(streams, work.frames)]
+        wanted = [s.frames_emitted + n for s, n in zip(streams, work.frames)]
+        reason = yield from _step_tracks(work, streams, steps)
+        for it in reversed(steps):  # decodes in flight join the pending frames: the states are exact
+            it.close()
+        for i, s in enumerate(streams):  # frames decoded by the end are part of this lease's video
+            rest = s.hand_out(wanted[i] - s.frames_emitted)
+            if len(rest):
+                yield StepEvent(i, s.step_index, s.frames_emitted, s.warming_up, s.config.warmup_steps, 0.0, 0, rest, None)
+        if reason == "done" and stop():
+            reason = "stopped"  # Stop during a warm start ends its stream early
+        # a stream stopped before its warm start ended has nothing to continue from
+        yield LeaseEnd([cpu_copy(s.state()) if s.queue is not None else None for s in streams], reason)
+    except Exception as e:  # noqa: BLE001  (reported as data: an exception from a ZeroGPU worker loses its message)
+        yield _failure(e)
     finally:
+        for it in reversed(steps):
+            it.close()
         streams.clear()
         MANAGER.free_memory()
+
+
+# ZeroGPU's decorator sits on the lease itself (a no-op off ZeroGPU); a CPU model's runs call `lease`.
+gpu_lease = zerogpu.GPU(duration=lease_duration)(lease)
 
 
 # -- the host side --------------------------------------------------------------------------------
@@ -292,7 +332,7 @@ class Job:
     frames: int
     fps: int
     folder: Path
-    name: str  # file name stem of the MP4 and state
+    name: str | Callable[[int], str]  # file name stem of the MP4 and state, or frames it holds -> the stem
     result_settings: Callable[[int], RunSettings | None]  # frames made -> settings that reproduce the MP4
     base: VideoRecord | None = None  # the video this one continues (its frames come first)
     progressive_mp4: bool = False  # also write growing MP4s (for players that cannot stream)
@@ -302,7 +342,7 @@ class Job:
 
 
 class _Clock:
-    """Seconds per frame over the last few seconds, and an ETA."""
+    """Seconds per frame over the last few seconds (a window, so early or stale rates fade)."""
 
     def __init__(self) -> None:
         self.marks: deque[tuple[float, int]] = deque()
@@ -319,6 +359,236 @@ class _Clock:
         return (t1 - t0) / (f1 - f0)
 
 
+class _Output:
+    """The run's video on disk: frames into chunks (pairs side by side for a comparison), growing
+    previews for players that cannot stream, and the final MP4 of the base video's chunks and these."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.writer = ChunkWriter(job.folder, job.fps, CHUNK_SECONDS, crf=18, preset="veryfast", prefix=job.chunk_prefix)
+        self.base_chunks = list(job.base.chunks) if job.base else []
+        self.pending: list[list[np.ndarray]] = [[] for _ in job.tracks]  # compare: frames waiting for their pair
+        self.written = 0
+        self.previews: list[Path] = []
+        self._chunks_at_preview = 0
+
+    def add(self, track: int, frames: np.ndarray) -> Path | None:
+        """Write a track's new frames; returns the last chunk they completed, if any."""
+        chunk = None
+        if len(self.job.tracks) == 1:
+            for f in frames:
+                chunk = self._write(f) or chunk
+            return chunk
+        self.pending[track].extend(frames)
+        while all(self.pending):
+            chunk = self._write(media.side_by_side([p.pop(0) for p in self.pending], self.job.labels)) or chunk
+        return chunk
+
+    def _write(self, frame: np.ndarray) -> Path | None:
+        self.written += 1
+        return self.writer.write(frame)
+
+    def base_stream(self) -> Path | None:
+        """The old video in one piece, the first thing an extension streams."""
+        if self.job.base is None or self.job.progressive_mp4:
+            return None
+        return media.join_chunks(self.base_chunks, self.job.folder / "base.ts", container="ts")
+
+    def progressive(self) -> Path | None:
+        """A growing MP4 costs its whole length per refresh, so it is refreshed at a geometric pace."""
+        n = len(self.writer.chunks)
+        if n - self._chunks_at_preview < max(1, self._chunks_at_preview // 4):
+            return None
+        self._chunks_at_preview = n
+        out = media.join_chunks(self.base_chunks + self.writer.chunks, self.job.folder / f"preview-{n:05d}.mp4")
+        self.previews.append(out)
+        while len(self.previews) > 2:  # the player has fetched the older ones by now
+            self.previews.pop(0).unlink(missing_ok=True)
+        return out
+
+    def finish(self, name: str, meta: dict[str, str]) -> Path:
+        """The whole MP4, with its metadata; the previews go."""
+        mp4 = media.join_chunks(self.base_chunks + self.writer.chunks, self.job.folder / f"{name}.mp4", meta)
+        for p in self.previews:
+            p.unlink(missing_ok=True)
+        return mp4
+
+    @property
+    def chunks(self) -> list[Path]:
+        return self.base_chunks + self.writer.chunks
+
+
+class _Progress:
+    """What the page shows while a run goes: counts, the clock, an ETA (measured rate, else the estimate)."""
+
+    def __init__(self, job: Job, rates: RateBook, plan: _Plan, clock: Callable[[], float], every_s: float) -> None:
+        self.job, self.rates, self.plan, self.clock, self.every_s = job, rates, plan, clock, every_s
+        self.t_start = clock()
+        self.tick = _Clock()
+        self.warm_done = 0
+        self.leases = 0
+        self.last_update = -math.inf
+        self.queue: QueueSnapshot | None = None
+        self.model_s, self.model_windows = 0.0, 0
+        self.stepping_s = 0.0  # every pass of the streams, warm start included
+        self.base_frames = job.base.frames if job.base else 0
+
+    def step(self, ev: StepEvent, leases: int) -> None:
+        self.leases = leases
+        self.stepping_s += ev.step_s
+        if ev.windows:
+            self.model_s += ev.step_s
+            self.model_windows += ev.windows
+        if ev.track == 0:
+            self.warm_done = min(self.plan.work.warmup_steps, ev.step) if self.plan.fresh else 0
+            self.queue = ev.queue or self.queue
+
+    def frames(self, written: int) -> None:
+        self.tick.mark(self.clock(), written)
+
+    def elapsed(self) -> float:
+        return self.clock() - self.t_start
+
+    def _eta(self, written: int) -> float:
+        spf = self.tick.seconds_per_frame()
+        warm_total = self.plan.work.warmup_steps
+        if spf is not None:
+            return max(0.0, (self.job.frames - written) * spf)
+        est = self.rates.estimate(self.plan.backbone, self.plan.area, self.plan.config, self.plan.work, len(self.job.tracks))
+        warm_left = est.warmup_seconds * (1 - self.warm_done / warm_total) if warm_total else 0.0
+        return max(0.0, (self.job.frames - written) * est.seconds_per_frame + warm_left)
+
+    def update(
+        self, phase: str, written: int, chunk: Path | None = None, preview: Path | None = None, force: bool = False
+    ) -> Update | None:
+        """An Update, at most every `every_s` unless a chunk or preview is new or `force`."""
+        now = self.clock()
+        if not force and chunk is None and preview is None and now - self.last_update < self.every_s:
+            return None
+        self.last_update = now
+        q, self.queue = self.queue, None
+        return Update(
+            phase=phase,
+            frames_done=written,
+            frames_total=self.job.frames,
+            warmup_done=self.warm_done,
+            warmup_total=self.plan.work.warmup_steps,
+            seconds_per_frame=self.tick.seconds_per_frame(),
+            eta_s=self._eta(written),
+            elapsed_s=now - self.t_start,
+            leases=self.leases,
+            chunk=None if self.job.progressive_mp4 else chunk,
+            preview_mp4=preview,
+            queue=q,
+            base_frames=self.base_frames,
+        )
+
+    def record_rates(self, written: int) -> None:
+        """Fold this run's measured times into the rate book (for later estimates)."""
+        p = self.plan
+        if self.model_windows:
+            self.rates.record(p.backbone, p.area, p.config.frames_per_window, self.model_s / self.model_windows)
+        if written >= MIN_FRAMES_FOR_OVERHEAD:  # a few frames measure start-up, not the per-frame cost
+            per = max(0.0, (self.elapsed() - self.stepping_s) / written / len(self.job.tracks))
+            self.rates.record_overhead(p.backbone, per)
+
+
+@dataclass
+class _Plan:
+    """The run's backbone, resolved config, latent area and work, resolved once."""
+
+    backbone: str
+    config: Any
+    area: int
+    temporal_compression: int
+    fresh: bool
+    work: Any
+
+
+def _plan(job: Job) -> _Plan:
+    s = job.tracks[0].settings
+    bb = MANAGER.get(s.backbone)
+    cfg = s.config().resolve(bb)
+    r = s.resolved()
+    lh, lw = bb.latent_size(r.height, r.width)
+    fresh = job.tracks[0].state is None
+    return _Plan(
+        s.backbone, cfg, lh * lw, bb.temporal_compression, fresh, work_for(cfg, job.frames, bb.temporal_compression, fresh)
+    )
+
+
+def _lease_work(
+    job: Job, specs: list[TrackSpec], made: list[int], plan: _Plan, rates: RateBook, stop: StopFlag, lease_limit_s: float | None
+) -> LeaseWork:
+    """The next lease's work: everything left, or on ZeroGPU what fits one lease of at most `lease_limit_s`."""
+    wanted = [job.frames - m for m in made]
+    budget, duration = None, 0
+    if lease_limit_s is not None:
+        left = max(wanted)
+        w = work_for(plan.config, left, plan.temporal_compression, specs[0].state is None)
+        est = rates.estimate(plan.backbone, plan.area, plan.config, w, len(specs))
+        n, duration = next_lease(est, left, lease_limit_s, END_MARGIN_S)
+        wanted = [min(x, n) for x in wanted]
+        budget = duration - LEASE_OVERHEAD_S
+    return LeaseWork([replace(s) for s in specs], wanted, budget, duration, str(stop.path))
+
+
+def _quota_or_error(e: Exception) -> LeaseFailure:
+    text = str(e) or type(e).__name__
+    log.warning("a GPU lease failed: %s", text)
+    return LeaseFailure("quota" if "quota" in text.lower() or "zerogpu" in text.lower() else "error", text)
+
+
+class _Leases:
+    """The host's lease loop: leases one after another until the frames are made, Stop, or a failure."""
+
+    def __init__(self, job: Job, lease_fn: Callable[[LeaseWork], Iterator[LeaseEvent]], stop: StopFlag) -> None:
+        self.job, self.lease_fn, self.stop = job, lease_fn, stop
+        self.specs = [TrackSpec(t.label, t.settings, t.state) for t in job.tracks]
+        self.made = [0] * len(self.specs)
+        self.stopped = False
+        self.failure: LeaseFailure | None = None
+        self.count = 0  # leases started
+
+    def events(self, work_of: Callable[[], LeaseWork]) -> Iterator[StepEvent]:
+        """Every StepEvent of every lease, in order; the lease ends' states are kept in `specs`."""
+        while any(m < self.job.frames for m in self.made) and not self.stopped and self.failure is None:
+            if self.stop.is_set():
+                self.stopped = True
+                break
+            progressed = yield from self._one(work_of())
+            if self.failure is None and not progressed and not self.stopped:
+                self.failure = LeaseFailure(
+                    "error", "a GPU lease ended before the first step; its time limit is too short for this model"
+                )
+
+    def _one(self, work: LeaseWork) -> Iterator[StepEvent]:
+        progressed = False
+        self.count += 1
+        events = self.lease_fn(work)
+        try:
+            for ev in events:
+                if isinstance(ev, StepEvent):
+                    progressed = True
+                    if ev.frames is not None:
+                        self.made[ev.track] += len(ev.frames)
+                    yield ev
+                elif isinstance(ev, LeaseEnd):
+                    for i, st in enumerate(ev.states):
+                        self.specs[i].state = st if st is not None else self.specs[i].state
+                    self.stopped = ev.reason == "stopped"
+                elif isinstance(ev, LeaseFailure):
+                    self.failure = ev
+                    break
+        except Exception as e:  # noqa: BLE001  (ZeroGPU refuses or aborts a lease: quota, queue timeout, duration)
+            self.failure = _quota_or_error(e)
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:  # a cancelled run ends its lease now, freeing the GPU
+                close()
+        return progressed
+
+
 def run_job(
     job: Job,
     lease_fn: Callable[[LeaseWork], Iterator[LeaseEvent]],
@@ -327,214 +597,95 @@ def run_job(
     lease_limit_s: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     update_every_s: float = 0.4,
+    max_run_s: float | None = None,
 ) -> Iterator[Update]:
     """Make the job's frames, yielding Updates; the last one carries the Result.
 
+    A run past `max_run_s` seconds is stopped as if Stop were pressed (what was made is kept).
     Raises RunError (after yielding a Result for whatever was made) when a lease fails.
     `lease_limit_s` is ZeroGPU's longest lease; None runs everything in one unlimited lease.
     """
-    t_start = clock()
-    n_tracks = len(job.tracks)
-    specs = [TrackSpec(t.label, t.settings, t.state) for t in job.tracks]
-    backbone = specs[0].settings.backbone
-    bb = MANAGER.get(backbone)
-    cfg = specs[0].settings.config().resolve(bb)
-    s0 = specs[0].settings.resolved()
-    lh, lw = bb.latent_size(s0.height, s0.width)
-    fresh = specs[0].state is None
-    work = work_for(cfg, job.frames, bb.temporal_compression, fresh)
-
-    writer = ChunkWriter(job.folder, job.fps, CHUNK_SECONDS, crf=18, preset="veryfast", prefix=job.chunk_prefix)
-    base_chunks = list(job.base.chunks) if job.base else []
-    base_frames = job.base.frames if job.base else 0
-    made = [0] * n_tracks  # frames received per track
-    pending: list[list[np.ndarray]] = [[] for _ in range(n_tracks)]  # compare: frames waiting for their pair
-    written = 0
-    warm_done, warm_total = 0, work.warmup_steps
-    model_s, model_windows = 0.0, 0
-    leases = 0
-    stopped = False
-    failure: LeaseFailure | None = None
-    tick = _Clock()
-    last_update = -math.inf
-    last_queue: QueueSnapshot | None = None
-    previews: list[Path] = []
-    chunks_at_preview = 0
-
-    def update(phase: str, chunk: Path | None = None, force: bool = False) -> Update | None:
-        nonlocal last_update, last_queue
-        now = clock()
-        if not force and chunk is None and now - last_update < update_every_s:
-            return None
-        last_update = now
-        spf = tick.seconds_per_frame()
-        left = job.frames - written
-        if spf is None:
-            est = rates.estimate(backbone, lh * lw, cfg, work, n_tracks)
-            spf_eta = est.seconds_per_frame
-            warm_left = est.warmup_seconds * (1 - warm_done / warm_total) if warm_total else 0.0
-        else:
-            spf_eta, warm_left = spf, 0.0
-        preview = None
-        if job.progressive_mp4 and chunk is not None:
-            preview = _progressive(chunk_list_len=len(writer.chunks))
-        q, last_queue = last_queue, None
-        return Update(
-            phase=phase,
-            frames_done=written,
-            frames_total=job.frames,
-            warmup_done=warm_done,
-            warmup_total=warm_total,
-            seconds_per_frame=spf,
-            eta_s=max(0.0, left * spf_eta + warm_left),
-            elapsed_s=now - t_start,
-            leases=leases,
-            chunk=None if job.progressive_mp4 else chunk,
-            preview_mp4=preview,
-            queue=q,
-            base_frames=base_frames,
-        )
-
-    def _progressive(chunk_list_len: int) -> Path | None:
-        # a growing MP4 costs its whole length per refresh, so refresh at a geometric pace
-        nonlocal chunks_at_preview
-        if chunk_list_len - chunks_at_preview < max(1, chunks_at_preview // 4):
-            return None
-        chunks_at_preview = chunk_list_len
-        out = media.join_chunks(base_chunks + writer.chunks, job.folder / f"preview-{chunk_list_len:05d}.mp4")
-        previews.append(out)
-        while len(previews) > 2:  # the player has fetched the older ones by now
-            previews.pop(0).unlink(missing_ok=True)
-        return out
-
-    def write(frame: np.ndarray) -> Path | None:
-        nonlocal written
-        written += 1
-        tick.mark(clock(), written)
-        return writer.write(frame)
-
+    plan = _plan(job)
+    out = _Output(job)
+    progress = _Progress(job, rates, plan, clock, update_every_s)
+    leases = _Leases(job, lease_fn, stop)
     try:
-        first = Update("warming up" if fresh else "generating", 0, job.frames, 0, warm_total, base_frames=base_frames)
-        if job.base is not None and not job.progressive_mp4:
-            first.chunk = media.join_chunks(base_chunks, job.folder / "base.ts", container="ts")  # the old video, in one piece
-        yield first
-        while any(m < job.frames for m in made) and not stopped:
-            if stop.is_set():
-                stopped = True
-                break
-            wanted = [job.frames - m for m in made]
-            budget, duration = None, 0
-            if lease_limit_s is not None:  # ZeroGPU: a lease of at most lease_limit_s, sized from the work left
-                left = max(wanted)
-                w = work_for(cfg, left, bb.temporal_compression, specs[0].state is None)
-                n, duration = next_lease(rates.estimate(backbone, lh * lw, cfg, w, n_tracks), left, lease_limit_s, END_MARGIN_S)
-                wanted = [min(x, n) for x in wanted]
-                budget = duration - LEASE_OVERHEAD_S
-            lw_ = LeaseWork([replace(s) for s in specs], wanted, budget, duration, str(stop.path))
-            progressed = False
-            events = lease_fn(lw_)
-            try:
-                for ev in events:
-                    if isinstance(ev, StepEvent):
-                        progressed = True
-                        if ev.windows:
-                            model_s += ev.step_s
-                            model_windows += ev.windows
-                        if ev.track == 0:
-                            warm_done = min(warm_total, ev.step) if fresh else 0
-                        if ev.queue is not None and ev.track == 0:
-                            last_queue = ev.queue
-                        chunk = None
-                        if ev.frames is not None:
-                            made[ev.track] += len(ev.frames)
-                            if n_tracks == 1:
-                                for f in ev.frames:
-                                    chunk = write(f) or chunk
-                            else:
-                                pending[ev.track].extend(ev.frames)
-                                while all(pending):
-                                    pair = [p.pop(0) for p in pending]
-                                    chunk = write(media.side_by_side(pair, job.labels)) or chunk
-                        phase = "warming up" if ev.warming_up and written == 0 else "generating"
-                        u = update(phase, chunk)
-                        if u is not None:
-                            yield u
-                    elif isinstance(ev, LeaseEnd):
-                        for i, st in enumerate(ev.states):
-                            specs[i].state = st
-                        stopped = ev.reason == "stopped"
-                    elif isinstance(ev, LeaseFailure):
-                        failure = ev
-                        break
-            except Exception as e:  # noqa: BLE001  (ZeroGPU refuses or aborts a lease: quota, queue timeout, duration)
-                text = str(e) or type(e).__name__
-                log.warning("a GPU lease failed: %s", text)
-                failure = LeaseFailure("quota" if "quota" in text.lower() or "zerogpu" in text.lower() else "error", text)
-            finally:
-                close = getattr(events, "close", None)
-                if close is not None:  # a cancelled run ends its lease now, freeing the GPU
-                    close()
-            leases += 1
-            if failure is not None:
-                break
-            if not progressed and not stopped:
-                failure = LeaseFailure(
-                    "error", "a GPU lease ended before the first step; its time limit is too short for this model"
-                )
-                break
-
-        # the end: whatever was made becomes a complete MP4
-        if model_windows:
-            rates.record(backbone, lh * lw, cfg.frames_per_window, model_s / model_windows)
-        last = writer.flush()
-        if last is not None and not job.progressive_mp4:
-            u = update("finishing", last, force=True)
-            yield u
-        total = base_frames + written
-        if written == 0 and job.base is None:
-            if failure is not None:
-                raise RunError(_failure_message(failure, job, 0))
-            raise RunError("stopped before the first frame: nothing was made")
-        elapsed = clock() - t_start
-        if written:
-            rates.record_overhead(backbone, max(0.0, (elapsed - model_s) / written / n_tracks))
-        settings_out = job.result_settings(total)
-        meta = (
-            settings_out.metadata()
-            if settings_out is not None
-            else {"comment": "made by the fifo-video app, continued from an uploaded state"}
-        )
-        mp4 = media.join_chunks(base_chunks + writer.chunks, job.folder / f"{job.name}.mp4", meta)
-        for p in previews:
-            p.unlink(missing_ok=True)
-        state_path = None
-        if job.save_state and n_tracks == 1 and specs[0].state is not None:
-            state_path = job.folder / f"{job.name}-state.pt"
-            specs[0].state.save(state_path)
-        timings = [{"label": t.label, "seconds_per_frame": round(elapsed / max(written, 1) / n_tracks, 4)} for t in specs]
-        result = Result(
-            mp4, total, written, settings_out, state_path, stopped, elapsed, leases, timings, base_chunks + writer.chunks
-        )
-        phase = "stopped" if stopped else "done"
-        yield Update(
-            phase,
-            written,
+        first = Update(
+            "warming up" if plan.fresh else "generating",
+            0,
             job.frames,
-            warm_done,
-            warm_total,
-            tick.seconds_per_frame(),
-            0.0,
-            elapsed,
-            leases,
-            preview_mp4=mp4 if job.progressive_mp4 else None,
-            result=result,
-            base_frames=base_frames,
+            0,
+            plan.work.warmup_steps,
+            base_frames=progress.base_frames,
         )
-        if failure is not None:
-            raise RunError(_failure_message(failure, job, written))
+        first.chunk = out.base_stream()
+        yield first
+        work_of = lambda: _lease_work(job, leases.specs, leases.made, plan, rates, stop, lease_limit_s)
+        for ev in leases.events(work_of):
+            if max_run_s is not None and progress.elapsed() > max_run_s and not stop.is_set():
+                log.info("a run passed the app's time limit of %.0f s: stopping it", max_run_s)
+                stop.set()
+            progress.step(ev, leases.count)
+            chunk = None
+            if ev.frames is not None:
+                chunk = out.add(ev.track, ev.frames)
+                progress.frames(out.written)
+            preview = out.progressive() if job.progressive_mp4 and chunk is not None else None
+            phase = "warming up" if ev.warming_up and out.written == 0 else "generating"
+            u = progress.update(phase, out.written, chunk, preview)
+            if u is not None:
+                yield u
+        yield from _finish(job, out, progress, leases)
     except BaseException:
-        writer.abort()
+        out.writer.abort()
         raise
+
+
+def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Iterator[Update]:
+    """Whatever was made becomes a complete MP4 (and a state to continue from); the last Update carries it."""
+    progress.record_rates(out.written)
+    progress.leases = leases.count
+    last = out.writer.flush()
+    if last is not None and not job.progressive_mp4:
+        yield progress.update("finishing", out.written, last, force=True)
+    written, failure = out.written, leases.failure
+    if written == 0 and job.base is None:
+        if failure is not None:
+            raise RunError(_failure_message(failure, job, 0))
+        raise RunError("stopped before the first frame: nothing was made")
+    total = progress.base_frames + written
+    settings_out = job.result_settings(total)
+    meta = (
+        settings_out.metadata()
+        if settings_out is not None
+        else {"comment": "made by the fifo-video app, continued from an uploaded state"}
+    )
+    name = job.name(total) if callable(job.name) else job.name
+    mp4 = out.finish(name, meta)
+    specs = leases.specs
+    state_path = None
+    if job.save_state and len(specs) == 1 and specs[0].state is not None:
+        state_path = job.folder / f"{name}-state.pt"
+        specs[0].state.save(state_path)
+    elapsed = progress.elapsed()
+    timings = [{"label": t.label, "seconds_per_frame": round(elapsed / max(written, 1) / len(specs), 4)} for t in specs]
+    result = Result(mp4, total, written, settings_out, state_path, leases.stopped, elapsed, progress.leases, timings, out.chunks)
+    yield Update(
+        "stopped" if leases.stopped else "done",
+        written,
+        job.frames,
+        progress.warm_done,
+        progress.plan.work.warmup_steps,
+        progress.tick.seconds_per_frame(),
+        0.0,
+        elapsed,
+        progress.leases,
+        preview_mp4=mp4 if job.progressive_mp4 else None,
+        result=result,
+        base_frames=progress.base_frames,
+    )
+    if failure is not None:
+        raise RunError(_failure_message(failure, job, written))
 
 
 def _failure_message(f: LeaseFailure, job: Job, written: int) -> str:

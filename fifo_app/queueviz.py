@@ -37,6 +37,38 @@ def _noise_colour(level: float) -> tuple[int, int, int]:
     return tuple(int(v) for v in (a + (b - a) * float(np.clip(level, 0, 1))).round())
 
 
+def _draw_bars(
+    draw: ImageDraw.ImageDraw,
+    x0: int,
+    y_strip: int,
+    y_bar: int,
+    cell: int,
+    level: np.ndarray,
+    context: int,
+    frames_per_window: int,
+) -> None:
+    """The noise-level bar of each slot, partition boundaries, and the head/tail labels."""
+    S = len(level)
+    small = _font(12)
+    # the bars: noise level per slot
+    draw.rectangle([x0, y_bar, x0 + cell * S - 1, y_bar + BAR_H - 1], fill=(31, 41, 55))
+    gap = 1 if cell >= 4 else 0
+    for i in range(S):
+        h = max(1, round(float(level[i]) * (BAR_H - 2)))
+        colour = CONTEXT if i < context else _noise_colour(level[i])
+        draw.rectangle([x0 + i * cell, y_bar + BAR_H - h, x0 + (i + 1) * cell - 1 - gap, y_bar + BAR_H - 1], fill=colour)
+
+    # partition boundaries and the context edge
+    for j in range(context, S + 1, max(frames_per_window, 1)):
+        x = x0 + j * cell
+        draw.line([x, y_strip, x, y_bar + BAR_H], fill=FG if j == context and context else MUTED, width=1)
+
+    y_lab = y_bar + BAR_H + 4
+    draw.text((x0, y_lab), "head: next frame out (clean)", fill=MUTED, font=small)
+    draw.text((x0 + cell * S, y_lab), "tail: fresh noise in", fill=MUTED, font=small, anchor="ra")
+    draw.text((WIDTH // 2, y_lab + 16), "bar = noise level of each slot", fill=MUTED, font=small, anchor="ma")
+
+
 def render_queue(
     preview: np.ndarray,
     timesteps: np.ndarray,
@@ -103,24 +135,7 @@ def render_queue(
     for n, i in enumerate(picks):  # tie each zoomed slot to its place in the strip
         draw.line([zoom_x[n], y_zoom + zh + caption_h, x0 + i * cell + cell // 2, y_strip - 1], fill=(75, 85, 99), width=1)
 
-    # the bars: noise level per slot
-    y_bar = y_strip + strip_h + 4
-    draw.rectangle([x0, y_bar, x0 + cell * S - 1, y_bar + BAR_H - 1], fill=(31, 41, 55))
-    gap = 1 if cell >= 4 else 0
-    for i in range(S):
-        h = max(1, round(float(level[i]) * (BAR_H - 2)))
-        colour = CONTEXT if i < context else _noise_colour(level[i])
-        draw.rectangle([x0 + i * cell, y_bar + BAR_H - h, x0 + (i + 1) * cell - 1 - gap, y_bar + BAR_H - 1], fill=colour)
-
-    # partition boundaries and the context edge
-    for j in range(context, S + 1, max(frames_per_window, 1)):
-        x = x0 + j * cell
-        draw.line([x, y_strip, x, y_bar + BAR_H], fill=FG if j == context and context else MUTED, width=1)
-
-    y_lab = y_bar + BAR_H + 4
-    draw.text((x0, y_lab), "head: next frame out (clean)", fill=MUTED, font=small)
-    draw.text((x0 + cell * S, y_lab), "tail: fresh noise in", fill=MUTED, font=small, anchor="ra")
-    draw.text((WIDTH // 2, y_lab + 16), "bar = noise level of each slot", fill=MUTED, font=small, anchor="ma")
+    _draw_bars(draw, x0, y_strip, y_strip + strip_h + 4, cell, level, context, frames_per_window)
     return np.asarray(img)
 
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from fifo import BACKBONES, FIFOConfig, FIFOState
+from fifo import BACKBONES, FIFOConfig, FIFOState, PromptSchedule
+from fifo.config import APP_SETTINGS
 
 from . import zerogpu
 from .estimate import RateBook, format_seconds, plan_leases, work_for
-from .jobs import Job, LeaseEvent, LeaseWork, RunError, TrackSpec, Update, lease, run_job
+from .jobs import Job, LeaseEvent, LeaseWork, RunError, StepEvent, TrackSpec, Update, gpu_lease, lease, run_job
 from .models import MANAGER, BackboneManager, LoadError
 from .sessions import Session, SessionStore, StopFlag, VideoRecord
 from .settings import (
@@ -36,15 +38,7 @@ log = logging.getLogger("fifo_app")
 LeaseFn = Callable[[LeaseWork], Iterator[LeaseEvent]]
 
 
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
-SESSION_IDLE_S = _env_float("FIFO_SESSION_IDLE_S", 3600)  # an API client's files go after this long without a request
-MAX_DISK_BYTES = int(_env_float("FIFO_MAX_DISK_MB", 2048) * 2**20)  # all sessions' files together
+from .limits import HARD_STOP, MAX_DISK_BYTES, MAX_RUN_S, SESSION_IDLE_S
 
 
 def _name(settings: RunSettings, frames: int) -> str:
@@ -62,12 +56,13 @@ class Service:
 
     def __init__(
         self,
-        lease_fn: LeaseFn,
+        lease_fn: LeaseFn = gpu_lease,
         progressive_mp4: bool = False,
         store: SessionStore | None = None,
         rates: RateBook | None = None,
         models: BackboneManager = MANAGER,
         lease_limit_s: Callable[[], float | None] = zerogpu.max_lease_seconds,
+        max_run_s: float = MAX_RUN_S,
     ) -> None:
         self.lease_fn = lease_fn
         self.progressive_mp4 = progressive_mp4
@@ -75,6 +70,26 @@ class Service:
         self.rates = rates or RateBook()
         self.models = models
         self.lease_limit_s = lease_limit_s
+        self.max_run_s = max_run_s
+        self._calibrated = threading.Lock()
+        self._calibration_done = False
+
+    def calibrate(self) -> None:
+        """Time a few toy steps once, so the first estimates are measured, not guessed (lazily: not on import)."""
+        with self._calibrated:
+            if self._calibration_done:
+                return
+            self._calibration_done = True
+            try:
+                s = parse_inputs("a red ball moving right", "", "toy", 10, "frames", 0, False, partitions=1, lookahead="off")
+                work = LeaseWork([TrackSpec("calibration", s)], [10], None, 0, os.devnull + ".none")
+                steps = sorted(e.step_s / e.windows for e in lease(work) if isinstance(e, StepEvent) and e.windows)
+                bb = self.models.get("toy")
+                r = s.resolved()
+                lh, lw = bb.latent_size(r.height, r.width)
+                self.rates.record("toy", lh * lw, bb.defaults.frames_per_window, steps[len(steps) // 2])  # the median
+            except Exception:
+                log.exception("calibration failed")
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -106,13 +121,22 @@ class Service:
             _ = cfg.windows  # building the layout checks it
             if not BACKBONES[settings.backbone].needs_gpu:  # encoding is cheap here: catch unknown words now
                 for p in settings.schedule.prompts:
+                    if settings.backbone == "toy" and not any(c.isascii() and c.isalpha() for c in p):
+                        raise ValueError(f"the prompt {p[:40]!r} has no word the toy world knows: it reads English words only")
                     bb.encode_prompt(p, settings.negative_prompt)
         except ValueError as e:
             raise InputError(str(e)) from None
+        self.calibrate()
+        w = work_for(cfg, settings.frames, bb.temporal_compression, fresh)
+        est = self.rates.estimate(settings.backbone, _area(bb, r), cfg, w)
+        if est.seconds > self.max_run_s:
+            raise InputError(
+                f"this run would take about {format_seconds(est.seconds)} here, over this app's limit of "
+                f"{format_seconds(self.max_run_s)} per run: ask for a shorter length, a smaller size, fewer partitions "
+                "or lookahead off, or Extend the video in steps; or run it on your own machine (python -m fifo), without a limit"
+            )
         limit = self._limit(settings.backbone)
         if limit is not None:
-            w = work_for(cfg, settings.frames, bb.temporal_compression, fresh)
-            est = self.rates.estimate(settings.backbone, _area(bb, r), cfg, w)
             try:
                 plan_leases(est.seconds, est.warmup_seconds, limit)
             except ValueError as e:
@@ -126,7 +150,8 @@ class Service:
             session.stop = StopFlag(session.folder / "STOP")
             gpu = BACKBONES[job.tracks[0].settings.backbone].needs_gpu
             lease_fn = self.lease_fn if gpu else lease  # a CPU model spends no GPU quota
-            for u in run_job(job, lease_fn, session.stop, self.rates, self._limit(job.tracks[0].settings.backbone)):
+            limit = self._limit(job.tracks[0].settings.backbone)
+            for u in run_job(job, lease_fn, session.stop, self.rates, limit, max_run_s=self.max_run_s * HARD_STOP):
                 if u.result is not None and record:
                     r = u.result
                     s = job.tracks[0].settings
@@ -159,6 +184,7 @@ class Service:
 
     def generate(self, settings: RunSettings, session_id: str | None) -> Iterator[Update]:
         """Make a new video."""
+        check_schedule_fits(settings.prompt, settings.frames)
         yield from self._loading(settings)
         self._check(settings)
         session = self.store.get(session_id)
@@ -168,7 +194,7 @@ class Service:
             frames=settings.frames,
             fps=fps,
             folder=session.new_folder("video-"),
-            name=_name(settings, settings.frames),
+            name=lambda n: _name(settings, n),
             result_settings=lambda n: replace(settings, frames=n),
             progressive_mp4=self.progressive_mp4,
         )
@@ -189,6 +215,7 @@ class Service:
             else None
         )
         prompt_text = continue_schedule(base.settings.prompt, text, base.frames)
+        check_schedule_fits(prompt_text, base.frames + frames)
         state = FIFOState.load(base.state_path)
         new = replace(base.settings, prompt=prompt_text, frames=base.frames + frames)
         self._check(replace(new, frames=frames), fresh=False)
@@ -198,7 +225,7 @@ class Service:
             frames=frames,
             fps=base.fps,
             folder=base.folder,
-            name=_name(new, new.frames),
+            name=lambda n: _name(new, n),
             result_settings=(lambda n: replace(new, frames=n)) if reproducible else (lambda n: None),
             base=base,
             progressive_mp4=self.progressive_mp4,
@@ -221,7 +248,10 @@ class Service:
         try:
             state = FIFOState.load(state_file)
         except ValueError as e:
-            raise InputError(f"that file is not a saved FIFO state: {e}") from None
+            log.info("an upload is not a state file: %s", e)  # the details (a server path, torch's advice) stay in the log
+            raise InputError(
+                "that file is not a saved FIFO state: upload a .pt file saved by this app (or by python -m fifo --save-state)"
+            ) from None
         if state.backbone not in BACKBONES:
             raise InputError(f"the state was made by backbone {state.backbone!r}, which is not available here")
         c = state.config
@@ -233,21 +263,10 @@ class Service:
         frames = frames_for_length(length, unit, fps)
         new_text = build_schedule(prompt, schedule_rows).to_text() if typed else None
         text = continue_schedule(recorded, new_text, state.frames_emitted)
+        check_schedule_fits(text, state.frames_emitted + frames)
+        recorded_settings = {s.name: c[s.name] if s.config else getattr(state, s.name) for s in APP_SETTINGS}
         settings = parse_inputs(
-            text,
-            state.meta.get("negative_prompt", ""),
-            state.backbone,
-            frames,
-            "frames",
-            state.seed,
-            False,
-            c["partitions"],
-            c["lookahead"],
-            c["eta"],
-            c["guidance_scale"],
-            fps,
-            state.height,
-            state.width,
+            text, state.meta.get("negative_prompt", ""), state.backbone, frames, "frames", state.seed, False, **recorded_settings
         )
         yield from self._loading(settings)
         self._check(settings, fresh=False)
@@ -257,7 +276,7 @@ class Service:
             frames=frames,
             fps=fps,
             folder=session.new_folder("video-"),
-            name=f"fifo-continued-{state.frames_emitted}-{state.frames_emitted + frames}",
+            name=lambda n: f"fifo-continued-{state.frames_emitted}-{state.frames_emitted + n}",
             result_settings=lambda n: None,
             progressive_mp4=self.progressive_mp4,
         )
@@ -280,7 +299,7 @@ class Service:
             frames=a.frames,
             fps=a.resolved().fps,
             folder=session.new_folder("compare-"),
-            name=f"fifo-compare-seed{a.seed}-{a.frames}f",
+            name=lambda n: f"fifo-compare-seed{a.seed}-{n}f",
             result_settings=lambda n: None,
             progressive_mp4=self.progressive_mp4,
             save_state=False,
@@ -315,9 +334,21 @@ class Service:
         tracks: int = 1,
     ) -> str:
         """One line of Markdown: how long the asked-for run should take (or what is wrong with the input)."""
+        self.calibrate()
         try:
             s = parse_inputs(
-                "x", "", backbone, length, unit, 0, False, partitions, lookahead, None, None, fps, height, width
+                "x",
+                "",
+                backbone,
+                length,
+                unit,
+                0,
+                False,
+                partitions=partitions,
+                lookahead=lookahead,
+                fps=fps,
+                height=height,
+                width=width,
             ).resolved()
         except InputError as e:
             return f"⚠️ {e}"
@@ -359,6 +390,15 @@ class Service:
 def _area(bb, r: RunSettings) -> int:
     lh, lw = bb.latent_size(r.height, r.width)
     return lh * lw
+
+
+def check_schedule_fits(prompt: str, end: int) -> None:
+    """Refuse a prompt that starts at or after the video's last frame `end` (it would never be seen)."""
+    late = [f for f, _ in PromptSchedule.parse(prompt).entries if f >= end > 0 and f > 0]
+    if late:
+        raise InputError(
+            f"the prompt at frame {late[0]} starts after the video ends ({end} frames): give it an earlier frame, or a longer length"
+        )
 
 
 def schedule_rows_present(rows: Any) -> bool:

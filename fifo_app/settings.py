@@ -10,79 +10,46 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, field, make_dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fifo import BACKBONES, FIFOConfig, PromptSchedule
+from fifo.config import APP_SETTINGS, SETTING, SETTINGS, Setting, backbone_default
 
 
 class InputError(ValueError):
     """A bad value from the user; its message is shown to them verbatim."""
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+from .limits import MAX_FRAMES, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_SCHEDULE_ENTRIES, MAX_SEED
 
-
-MAX_PROMPT_CHARS = 1000  # per prompt; text encoders truncate far earlier, this only stops abuse
-MAX_SCHEDULE_ENTRIES = 64
-MAX_FRAMES = _env_int("FIFO_MAX_FRAMES", 3600)  # a demo bound, not the method's: FIFO has none
-MAX_SEED = 2**53 - 1  # survives a round trip through JavaScript numbers
-MAX_PIXELS = 1280 * 720  # height * width; beyond that a demo machine runs out of memory
 LENGTH_UNITS = ("seconds", "frames")
-LOOKAHEAD_CHOICES = ("default", "on", "off")
 EXAMPLE_PROMPT = "a red ball moving right"
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """One validated request; `None` settings mean "the backbone's default"."""
-
-    prompt: str  # a prompt, or schedule text ("0: ...\n48: ...")
-    backbone: str
-    frames: int
-    seed: int
-    negative_prompt: str = ""
-    partitions: int | None = None
-    lookahead: bool | None = None
-    eta: float | None = None
-    guidance_scale: float | None = None
-    fps: int | None = None
-    height: int | None = None
-    width: int | None = None
+class _RunSettingsMethods:
+    """What every RunSettings can do; the fields come from `fifo.config.APP_SETTINGS` (see `RunSettings`)."""
 
     @property
     def schedule(self) -> PromptSchedule:
         """The prompt as a schedule (a plain prompt is a one-entry schedule)."""
         return PromptSchedule.parse(self.prompt)
 
+    def options(self) -> dict[str, Any]:
+        """The declared settings, by name (None: the backbone's default)."""
+        return {s.name: getattr(self, s.name) for s in APP_SETTINGS}
+
     def config(self) -> FIFOConfig:
         """The FIFOConfig these settings ask for (unset fields left to the backbone)."""
-        return FIFOConfig(
-            partitions=self.partitions, lookahead=self.lookahead, eta=self.eta, guidance_scale=self.guidance_scale, fps=self.fps
-        )
+        return FIFOConfig(**{s.name: getattr(self, s.name) for s in APP_SETTINGS if s.config})
 
     def resolved(self) -> RunSettings:
-        """A copy with every `None` replaced by the backbone's default (from the registry, no loading)."""
+        """A copy with every `None` replaced by the backbone's default (from the registry, no loading); resolved once per request."""
         d = BACKBONES[self.backbone].defaults
-        pick = lambda v, default: default if v is None else v
-        return replace(
-            self,
-            partitions=pick(self.partitions, d.partitions),
-            lookahead=pick(self.lookahead, d.lookahead),
-            eta=pick(self.eta, d.eta),
-            guidance_scale=pick(self.guidance_scale, d.guidance_scale),
-            fps=pick(self.fps, d.fps),
-            height=pick(self.height, d.height),
-            width=pick(self.width, d.width),
-        )
+        return replace(self, **{k: backbone_default(k, d) if v is None else v for k, v in self.options().items()})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields."""
@@ -91,40 +58,60 @@ class RunSettings:
     def to_query(self) -> str:
         """The query string of a share link that reproduces this run exactly (every setting explicit)."""
         r = self.resolved()
-        q = {
+        q: dict[str, Any] = {
             "prompt": r.prompt,
-            "negative": r.negative_prompt,
+            "negative_prompt": r.negative_prompt,
             "backbone": r.backbone,
             "frames": r.frames,
             "seed": r.seed,
-            "partitions": r.partitions,
-            "lookahead": "on" if r.lookahead else "off",
-            "eta": _num(r.eta),
-            "guidance": _num(r.guidance_scale),
-            "fps": r.fps,
-            "height": r.height,
-            "width": r.width,
         }
-        if not q["negative"]:
-            del q["negative"]
+        if not q["negative_prompt"]:
+            del q["negative_prompt"]
+        q.update({k: setting_text(SETTING[k], v) for k, v in r.options().items()})
         return urlencode(q)
 
     def metadata(self) -> dict[str, str]:
         """MP4 tags: `comment` holds every setting as JSON (as `python -m fifo` writes it), `title` the prompt."""
+        return {"title": self.schedule.entries[0][1][:200], "comment": json.dumps(self.record())}
+
+    def record(self) -> dict[str, Any]:
+        """Every setting, resolved, by its declared name, and the share link's query."""
         r = self.resolved()
-        meta = {
+        d = BACKBONES[r.backbone].defaults
+        meta: dict[str, Any] = {
             "prompt": r.prompt,
             "negative_prompt": r.negative_prompt,
             "backbone": r.backbone,
             "seed": r.seed,
-            "height": r.height,
-            "width": r.width,
             "frames": r.frames,
-            **r.config().to_dict(),
-            "frames_per_window": BACKBONES[r.backbone].defaults.frames_per_window,
-            "share_query": self.to_query(),
         }
-        return {"title": r.schedule.entries[0][1][:200], "comment": json.dumps(meta)}
+        for s in SETTINGS:
+            v = getattr(r, s.name, None)
+            meta[s.name] = v if v is not None or not s.app else None
+            if meta[s.name] is None:
+                meta[s.name] = getattr(d, s.name, s.default)
+        meta["share_query"] = self.to_query()
+        return meta
+
+
+# One validated request: the prompt, backbone, length and seed, then one field per declared app
+# setting (`None`: the backbone's default). Generated from the declarations, so a new setting is
+# added in `fifo.config.SETTINGS` only.
+RunSettings = make_dataclass(
+    "RunSettings",
+    [("prompt", str), ("backbone", str), ("frames", int), ("seed", int), ("negative_prompt", str, field(default=""))]
+    + [(s.name, Any, field(default=None)) for s in APP_SETTINGS],
+    bases=(_RunSettingsMethods,),
+    frozen=True,
+)
+RunSettings.__module__ = __name__  # pickled by reference into GPU leases
+
+
+def setting_text(s: Setting, value: Any) -> str:
+    """A setting's value as link text: 'on'/'off' for switches, the shortest exact number otherwise."""
+    if s.kind is bool:
+        return "on" if value else "off"
+    return str(value) if s.kind is int else _num(value)
 
 
 def _num(x: float) -> str:
@@ -148,12 +135,14 @@ def _number(name: str, v: Any, *, integer: bool, allowed: str) -> float | int | 
         return None
     if isinstance(v, bool):
         raise InputError(f"{name}={v!r}: {allowed}")
+    if not isinstance(v, (int, float, str)):
+        raise InputError(f"{name} must be a number, got {type(v).__name__}: {allowed}")
     try:
         x = float(v)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}={v!r} is not a number: {allowed}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{name}={str(v)[:40]!r} is not a number in range: {allowed}") from None
     if not math.isfinite(x):
-        raise InputError(f"{name}={v!r}: {allowed}")
+        raise InputError(f"{name}={str(v)[:40]!r} is not a number in range: {allowed}")
     if integer:
         if not x.is_integer():
             raise InputError(f"{name}={v!r} is not a whole number: {allowed}")
@@ -161,7 +150,7 @@ def _number(name: str, v: Any, *, integer: bool, allowed: str) -> float | int | 
     return x
 
 
-def _lookahead(v: Any) -> bool | None:
+def _lookahead(v: Any, name: str = "lookahead") -> bool | None:
     if v is None or isinstance(v, bool):
         return v
     s = str(v).strip().lower()
@@ -171,7 +160,7 @@ def _lookahead(v: Any) -> bool | None:
         return True
     if s in ("off", "false", "0", "no"):
         return False
-    raise InputError(f"lookahead={v!r}: allowed are 'default', 'on', 'off'")
+    raise InputError(f"{name}={v!r}: allowed are 'default', 'on', 'off'")
 
 
 def schedule_rows_text(rows: Any) -> list[tuple[int, str]]:
@@ -182,8 +171,15 @@ def schedule_rows_text(rows: Any) -> list[tuple[int, str]]:
         rows = rows.get("data") or []
     elif hasattr(rows, "values") and hasattr(rows, "columns"):  # a pandas DataFrame
         rows = rows.values.tolist()
+    shape = "schedule must be a table of [frame, prompt] rows (or write 'FRAME: prompt' lines in the prompt)"
+    if not isinstance(rows, (list, tuple)) or len(rows) > MAX_SCHEDULE_ENTRIES:
+        raise InputError(
+            shape if not isinstance(rows, (list, tuple)) else f"schedule has {len(rows)} rows: at most {MAX_SCHEDULE_ENTRIES}"
+        )
     out = []
     for i, row in enumerate(rows, 1):
+        if not isinstance(row, (list, tuple)) or not all(c is None or isinstance(c, (str, int, float)) for c in row):
+            raise InputError(f"schedule row {i}: {shape}")
         cells = list(row) + ["", ""]
         frame, prompt = cells[0], cells[1]
         if _is_blank(frame) and _is_blank(prompt):
@@ -229,6 +225,8 @@ def build_schedule(prompt: Any, rows: Any = None) -> PromptSchedule:
 
 def frames_for_length(length: Any, unit: str, fps: int) -> int:
     """Video frames for a length in seconds (at `fps`) or in frames; InputError outside [1, MAX_FRAMES]."""
+    if unit is not None and not isinstance(unit, str):
+        raise InputError(f"length unit must be text, one of {', '.join(LENGTH_UNITS)}")
     unit = (unit or "seconds").strip().lower()
     if unit not in LENGTH_UNITS:
         raise InputError(f"length unit {unit!r}: allowed are {', '.join(LENGTH_UNITS)}")
@@ -236,6 +234,8 @@ def frames_for_length(length: Any, unit: str, fps: int) -> int:
     x = _number("length", length, integer=unit == "frames", allowed=f"give a length {limit}")
     if x is None:
         raise InputError(f"length is empty: give a length {limit}")
+    if not 0 < x <= MAX_FRAMES:  # before any arithmetic: 1e308 seconds must not overflow
+        raise InputError(f"length {x:g} {unit} is out of range: give a length {limit}")
     frames = round(x * fps) if unit == "seconds" else int(x)
     if not 1 <= frames <= MAX_FRAMES:
         asked = f"{x:g} s = {frames} frames" if unit == "seconds" else f"{frames} frames"
@@ -245,6 +245,8 @@ def frames_for_length(length: Any, unit: str, fps: int) -> int:
 
 def parse_seed(seed: Any, random_seed: bool = False) -> int:
     """The seed to use: a fresh random one when asked, else the given whole number in [0, MAX_SEED]."""
+    if not isinstance(random_seed, (bool, int, type(None))):
+        raise InputError(f"random_seed={random_seed!r}: allowed are true and false")
     if random_seed:
         return secrets.randbelow(2**31)
     allowed = f"give a whole number from 0 to {MAX_SEED}, or tick 'random seed'"
@@ -263,6 +265,18 @@ def check_backbone(name: Any) -> str:
     return name
 
 
+def parse_setting(s: Setting, v: Any) -> Any:
+    """One declared setting from a widget, link or API value: None for 'default', else the checked value."""
+    if s.kind is bool:
+        x = _lookahead(v, s.name)
+    else:
+        x = _number(s.name, v, integer=s.kind is int, allowed=f"{s.allowed}, or 'default'")
+    try:
+        return s.check(x)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
 def parse_inputs(
     prompt: Any,
     negative_prompt: Any = "",
@@ -271,78 +285,52 @@ def parse_inputs(
     length_unit: str = "seconds",
     seed: Any = 0,
     random_seed: bool = False,
-    partitions: Any = None,
-    lookahead: Any = None,
-    eta: Any = None,
-    guidance_scale: Any = None,
-    fps: Any = None,
-    height: Any = None,
-    width: Any = None,
+    *options: Any,
     schedule_rows: Any = None,
+    **named: Any,
 ) -> RunSettings:
-    """Validate raw widget / API values into RunSettings; InputError names the first problem."""
+    """Validate raw widget / API values into RunSettings; InputError names the first problem.
+
+    `options` are the declared app settings in order (`APP_SETTINGS`: partitions, lookahead, ...);
+    `named` the same by name.
+    """
+    if len(options) > len(APP_SETTINGS) or set(named) - set(SETTING):
+        raise TypeError(f"parse_inputs takes the settings {[s.name for s in APP_SETTINGS]}")
+    raw = {**dict(zip((s.name for s in APP_SETTINGS), options)), **named}
     schedule = build_schedule(prompt, schedule_rows)
-    negative = "" if negative_prompt is None else str(negative_prompt).strip()
+    if negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise InputError(f"negative_prompt must be text, got {type(negative_prompt).__name__}")
+    negative = (negative_prompt or "").strip()
     if len(negative) > MAX_PROMPT_CHARS:
         raise InputError(f"negative prompt is {len(negative)} characters long: at most {MAX_PROMPT_CHARS} are allowed")
     name = check_backbone(backbone)
-    fields = {
-        "partitions": _number(
-            "partitions", partitions, integer=True, allowed="give a whole number from 1 to 64, or leave it empty"
-        ),
-        "lookahead": _lookahead(lookahead),
-        "eta": _number("eta", eta, integer=False, allowed="give a number from 0 to 1, or leave it empty"),
-        "guidance_scale": _number(
-            "guidance", guidance_scale, integer=False, allowed="give a number from 1 to 50, or leave it empty"
-        ),
-        "fps": _number("fps", fps, integer=True, allowed="give a whole number from 1 to 120, or leave it empty"),
-    }
-    try:
-        FIFOConfig(**fields)  # the engine's own range checks, messages naming the field
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    size = {
-        k: _number(k, v, integer=True, allowed="give a whole number of pixels, or leave it empty")
-        for k, v in (("height", height), ("width", width))
-    }
+    fields = {s.name: parse_setting(s, raw.get(s.name)) for s in APP_SETTINGS}
     d = BACKBONES[name].defaults
-    h, w = size["height"] or d.height, size["width"] or d.width
-    if h <= 0 or w <= 0 or h * w > MAX_PIXELS:
-        raise InputError(f"size {w}x{h}: each side must be positive and width x height at most {MAX_PIXELS} pixels here")
+    h, w = (fields[k] or backbone_default(k, d) for k in ("height", "width"))
+    if h * w > MAX_PIXELS:
+        raise InputError(f"size {w}x{h}: width x height must be at most {MAX_PIXELS} pixels here")
     frames = frames_for_length(length, length_unit, fields["fps"] or d.fps)
     return RunSettings(
         prompt=schedule.to_text(),
         backbone=name,
         frames=frames,
-        seed=parse_seed(seed, bool(random_seed)),
+        seed=parse_seed(seed, random_seed),
         negative_prompt=negative,
         **fields,
-        **size,
     )
 
 
 # -- share links --------------------------------------------------------------------------------
 
-QUERY_KEYS = (
-    "prompt",
-    "negative",
-    "backbone",
-    "frames",
-    "seconds",
-    "seed",
-    "partitions",
-    "lookahead",
-    "eta",
-    "guidance",
-    "fps",
-    "height",
-    "width",
-)
+LINK_ALIASES = {"negative": "negative_prompt", "guidance": "guidance_scale"}  # links made before the names were unified
+QUERY_KEYS = ("prompt", "negative_prompt", "backbone", "frames", "seconds", "seed", *(s.name for s in APP_SETTINGS))
+# Gradio's own page parameters (the Hub adds some to a Space's iframe): not settings, not mistakes
+PAGE_KEYS = ("__theme", "view", "__sign", "embed", "logs", "__dark-theme")
 
 
 def query_params(link_or_query: str) -> dict[str, str]:
     """The parameters of a share link, a bare query string, or '?a=b' text."""
-    text = (link_or_query or "").strip()
+    text = (link_or_query or "").strip() if isinstance(link_or_query, str) else ""
     query = urlsplit(text).query if "://" in text or text.startswith("/") else text.lstrip("?")
     return dict(parse_qsl(query, keep_blank_values=True))
 
@@ -351,8 +339,9 @@ def from_query(params: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     """Widget values from a link's parameters, and notes on what was ignored (links come from anywhere).
 
     Returns only the widgets the link sets; a value that fails its check is left out and noted, so
-    a half-broken link still fills in what it can.
+    a half-broken link still fills in what it can. Notes are plain text: show them as such.
     """
+    params = {LINK_ALIASES.get(k, k): v for k, v in params.items()}
     values: dict[str, Any] = {}
     notes: list[str] = []
 
@@ -366,10 +355,6 @@ def from_query(params: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     def prompt(v: str) -> None:
         values["prompt"] = build_schedule(v).to_text()
 
-    take("prompt", prompt)
-    take("negative", lambda v: values.__setitem__("negative_prompt", v[:MAX_PROMPT_CHARS]))
-    take("backbone", lambda v: values.__setitem__("backbone", check_backbone(v)))
-
     def frames(v: str) -> None:
         n = _number("frames", v, integer=True, allowed=f"a whole number from 1 to {MAX_FRAMES}")
         if n is None or not 1 <= n <= MAX_FRAMES:
@@ -378,10 +363,9 @@ def from_query(params: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
 
     def seconds(v: str) -> None:
         x = _number("seconds", v, integer=False, allowed="give a number of seconds")
+        if x is None or not 0 < x <= MAX_FRAMES:
+            raise InputError(f"seconds={v!r}: give a positive number of seconds")
         values["length"], values["length_unit"] = x, "seconds"
-
-    take("seconds", seconds)
-    take("frames", frames)  # frames win over seconds: they are exact
 
     def seed(v: str) -> None:
         if v.strip().lower() == "random":
@@ -389,45 +373,21 @@ def from_query(params: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
         else:
             values["seed"], values["random_seed"] = parse_seed(v), False
 
+    def negative(v: str) -> None:
+        values["negative_prompt"] = v[:MAX_PROMPT_CHARS]
+
+    take("prompt", prompt)
+    take("negative_prompt", negative)
+    take("backbone", lambda v: values.__setitem__("backbone", check_backbone(v)))
+    take("seconds", seconds)
+    take("frames", frames)  # frames win over seconds: they are exact
     take("seed", seed)
-    take(
-        "partitions",
-        lambda v: values.__setitem__(
-            "partitions", _checked_config("partitions", _number("partitions", v, integer=True, allowed="a whole number"))
-        ),
-    )
-    take("lookahead", lambda v: values.__setitem__("lookahead", {None: "default", True: "on", False: "off"}[_lookahead(v)]))
-    take(
-        "eta",
-        lambda v: values.__setitem__(
-            "eta", _checked_config("eta", _number("eta", v, integer=False, allowed="a number in [0, 1]"))
-        ),
-    )
-    take(
-        "guidance",
-        lambda v: values.__setitem__(
-            "guidance_scale",
-            _checked_config("guidance_scale", _number("guidance", v, integer=False, allowed="a number in [1, 50]")),
-        ),
-    )
-    take(
-        "fps",
-        lambda v: values.__setitem__("fps", _checked_config("fps", _number("fps", v, integer=True, allowed="a whole number"))),
-    )
-    for key in ("height", "width"):
-        take(key, lambda v, key=key: values.__setitem__(key, _number(key, v, integer=True, allowed="a whole number of pixels")))
-    unknown = sorted(set(params) - set(QUERY_KEYS))
+    for s in APP_SETTINGS:
+        take(s.name, lambda v, s=s: values.__setitem__(s.name, parse_setting(s, v)))
+    unknown = sorted(set(params) - set(QUERY_KEYS) - set(PAGE_KEYS))
     if unknown:
         notes.append(f"ignored unknown parameter(s): {', '.join(unknown)}")
     return values, notes
-
-
-def _checked_config(field: str, value: Any) -> Any:
-    try:
-        FIFOConfig(**{field: value})
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    return value
 
 
 def settings_from_query(params: Mapping[str, str]) -> RunSettings:
@@ -445,13 +405,7 @@ def settings_from_query(params: Mapping[str, str]) -> RunSettings:
         values.get("length_unit", "seconds"),
         values.get("seed", 0),
         values.get("random_seed", False),
-        values.get("partitions"),
-        values.get("lookahead"),
-        values.get("eta"),
-        values.get("guidance_scale"),
-        values.get("fps"),
-        values.get("height"),
-        values.get("width"),
+        **{s.name: values.get(s.name) for s in APP_SETTINGS},
     )
 
 

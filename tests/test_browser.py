@@ -59,13 +59,40 @@ def url():
 
 
 @pytest.fixture(scope="module")
-def page(url):
+def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    yield pg
+    pg.close()
+
+
+def box(page, selector: str) -> dict:
+    """The element's box in the viewport (x, y, width, height), scrolled to the top of the page."""
+    b = page.locator(selector).first.bounding_box()
+    assert b is not None, f"{selector} is not on the page"
+    return b
+
+
+def shoot(page, name: str, tmp_path) -> None:
+    """A screenshot of the viewport; with FIFO_UPDATE_SCREENSHOT=1 it also goes to docs/."""
+    shot = tmp_path / name
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("FIFO_UPDATE_SCREENSHOT") == "1":
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copy(shot, ROOT / "docs" / name)
+
+
+def wait_idle(page) -> None:
+    page.wait_for_function("!document.querySelector('#generate').disabled", timeout=120_000)
 
 
 def test_generate_streams_a_growing_video_that_plays(url, page, tmp_path):
@@ -108,3 +135,127 @@ def test_a_share_link_fills_in_the_settings(url, page):
     page.wait_for_function("document.querySelector('#prompt textarea')?.value === 'a red ball moving right'", timeout=60_000)
     assert page.get_by_text("Settings loaded from the link").is_visible()
     assert page.get_by_label("Seed", exact=True).input_value() == "5"
+
+
+def test_desktop_layout_buttons_and_seed_while_running(url, browser, tmp_path):
+    """1280x900: video, progress and queue picture visible together; Generate off and Stop on only while running."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(url)
+        page.wait_for_selector("#generate", timeout=60_000)
+        assert page.locator("#stop").is_disabled() and page.locator("#generate").is_enabled()
+        prompt, ex, estimate = box(page, "#prompt"), box(page, "#examples"), box(page, "#estimate")
+        assert prompt["y"] < ex["y"] < estimate["y"], "the examples sit next to the prompt, above the settings"
+        shoot(page, "app-1280x900-idle.png", tmp_path)
+        page.locator("#prompt textarea").fill("a red ball moving right")
+        page.locator("#generate").click()
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=60_000)
+        assert page.locator("#generate").is_disabled() and page.locator("#stop").is_enabled()
+        assert page.locator("#extend").is_disabled()
+        for sel in ("#live", "#status", "#queue"):
+            b = box(page, sel)
+            assert b["y"] >= 0 and b["y"] + min(b["height"], 120) <= 900, f"{sel} is out of view: {b}"
+        page.wait_for_timeout(1500)  # a queue picture or two
+        shoot(page, "app-1280x900-running.png", tmp_path)
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')", timeout=120_000)
+        wait_idle(page)
+        assert page.locator("#stop").is_disabled()
+        link = page.locator("#share textarea").input_value()
+        seed = link.split("seed=")[1].split("&")[0]
+        page.wait_for_function(f"document.querySelector('#seed input')?.value === '{seed}'", timeout=10_000)
+        assert page.locator("video#live, #live video").first.get_attribute("loop") is not None
+    finally:
+        page.close()
+
+
+def test_phone_layout(url, browser, tmp_path):
+    """390x844: Generate on the first screen, labels readable, then a run's video in view once scrolled to it."""
+    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    try:
+        page.goto(url)
+        page.wait_for_selector("#generate", timeout=60_000)
+        gen = box(page, "#generate")
+        assert gen["y"] + gen["height"] <= 844, f"Generate is {gen['y']:.0f} px down"
+        shoot(page, "app-390x844-idle.png", tmp_path)
+        page.locator("#prompt textarea").fill("a yellow square moving down-left fast")
+        page.locator("#generate").click()
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=60_000)
+        page.locator("#live").scroll_into_view_if_needed()
+        page.wait_for_timeout(1500)
+        shoot(page, "app-390x844-running.png", tmp_path)
+        q = box(page, "#queue")
+        assert q["width"] >= 300 and q["height"] >= 80, f"the queue picture is too small to read: {q}"
+        page.locator("#stop").click()
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Stopped')", timeout=60_000)
+    finally:
+        page.close()
+
+
+def test_a_crafted_link_renders_no_link_or_image(url, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        bad = "%5Bclick+here%5D(https%3A%2F%2Fevil.example%2Fphish)"
+        img = "%3Cimg+src%3Dhttps%3A%2F%2Fevil.example%2Fx.png%3E"
+        page.goto(url + f"?prompt=a+red+ball+moving+right&seed={bad}&eta={img}&{img}=1")
+        page.wait_for_function("document.querySelector('#link-note')?.innerText.includes('except')", timeout=60_000)
+        assert "evil.example" in page.locator("#link-note").inner_text()  # shown as text
+        assert page.locator("a[href*='evil.example']").count() == 0
+        assert page.locator("img[src*='evil.example']").count() == 0
+    finally:
+        page.close()
+
+
+def test_gradio_page_parameters_are_not_reported_and_a_schedule_shows_whole(url, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(url + "?__theme=dark")
+        page.wait_for_selector("#generate", timeout=60_000)
+        page.wait_for_timeout(1500)
+        assert not page.locator("#link-note").is_visible()
+        page.goto(url + "?prompt=0%3A+a+red+ball+moving+right%0A24%3A+a+red+ball+moving+up&frames=36")
+        page.wait_for_function("document.querySelector('#prompt textarea')?.value === 'a red ball moving right'", timeout=60_000)
+        page.wait_for_timeout(500)
+        page.wait_for_function("document.querySelector('#schedule')?.innerText.includes('a red ball moving up')", timeout=10_000)
+        assert page.locator("#schedule").is_visible()  # the table is open: the whole schedule shows
+    finally:
+        page.close()
+
+
+def test_an_example_streams_on_first_click_and_can_be_extended(url, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(url)
+        page.wait_for_selector("#generate", timeout=60_000)
+        page.get_by_text("red ball, right", exact=True).first.click()
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=60_000)
+        assert page.locator("#generate").is_disabled()  # a real run, streaming, not a cached file
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')", timeout=120_000)
+        wait_idle(page)
+        page.locator("#extend").click()
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes(' new)')", timeout=60_000)
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')", timeout=120_000)
+    finally:
+        page.close()
+
+
+def test_a_queued_visitor_sees_the_queue_position(url, browser):
+    first, second = (browser.new_page(viewport={"width": 1280, "height": 900}) for _ in range(2))
+    try:
+        for pg in (first, second):
+            pg.goto(url)
+            pg.wait_for_selector("#generate", timeout=60_000)
+            pg.locator("#prompt textarea").fill("a red ball moving right")
+        first.locator("#generate").click()
+        first.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=60_000)
+        second.locator("#generate").click()
+        # Gradio's own progress line on the status panel: "queue: 1/1 | 0.3s"
+        second.wait_for_function(
+            "/queue: \\d+\\/\\d+/.test(document.querySelector('#status')?.parentElement?.innerText || '')", timeout=30_000
+        )
+        first.locator("#stop").click()
+        second.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=120_000)
+        second.locator("#stop").click()
+        second.wait_for_function("document.querySelector('#status')?.innerText.match(/Stopped|Done/)", timeout=120_000)
+    finally:
+        first.close()
+        second.close()
