@@ -55,7 +55,11 @@ class FIFOState:
     known: dict = field(default_factory=dict)  # a run from known frames: {"latents": (C, K, lh, lw), "video_start", "primed": int}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the state to one file (torch.save of plain tensors, ints and strings), atomically."""
+        """Write the state to one file (torch.save of plain tensors, ints and strings), atomically; or to a
+        binary file object."""
+        if hasattr(path, "write"):
+            torch.save(dataclasses.asdict(self), path)
+            return
         path = Path(path)
         if path.is_dir():
             raise ValueError(f"cannot save a state to {os.fspath(path)!r}: it is a folder")

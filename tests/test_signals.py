@@ -66,7 +66,7 @@ def test_a_signal_to_the_process_group_keeps_the_video_and_the_state(tmp_path, s
     os.killpg(proc.pid, sig)  # the whole group, as a terminal does: ffmpeg must survive it
     rc, out, err = finish(proc, tmp_path)
     assert rc == 128 + sig, (rc, out, err)
-    m = re.fullmatch(r"wrote out\.mp4: (\d+) frames \(stopped early\) in .*; state saved to q\.pt\n", out)
+    m = re.fullmatch(r"wrote out\.mp4: (\d+) frames \(stopped early\) in .*; state saved to q\.pt\n", _wrote_line(out))
     assert m, (out, err)
     n = int(m[1])
     assert 4 <= n < 2000
@@ -95,7 +95,14 @@ def test_a_second_signal_stops_at_once_and_keeps_the_video(tmp_path):
     rc, out, err = finish(proc, tmp_path)
     assert rc == 128 + signal.SIGTERM, (rc, out, err)
     tail = r"; state not saved \(stopped in the middle of a step\)\n"
-    m = re.fullmatch(r"wrote out\.mp4: (\d+) frames \(stopped early\) in .*" + tail, out)
+    m = re.fullmatch(r"wrote out\.mp4: (\d+) frames \(stopped early\) in .*" + tail, _wrote_line(out))
     assert m, (out, err)
     assert probe_video(tmp_path / "out.mp4")["frames"] == int(m[1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "stderr.txt"]
+
+
+def _wrote_line(out: str) -> str:
+    """The CLI's 'wrote ...' line (its pixel-statistics summary follows on a line of its own)."""
+    lines = out.splitlines(keepends=True)
+    assert len(lines) == 2 and lines[1].startswith("pixel statistics"), out
+    return lines[0]
