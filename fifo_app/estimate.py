@@ -44,7 +44,7 @@ def work_for(config: FIFOConfig, frames: int, temporal_compression: int = 1, fre
     return Work(
         warm_start_windows=config.rungs if fresh else 0,
         warmup_steps=config.warmup_steps if fresh else 0,
-        frame_steps=math.ceil(latents / config.frames_per_rung),
+        frame_steps=math.ceil(latents / (config.frames_per_rung or 1)),
         windows_per_step=len(config.windows),
         frames=frames,
     )

@@ -18,7 +18,7 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fifo.video import VideoError
+from fifo.video import _MP4_TAGS, VideoError, check_metadata, format_ffmetadata
 
 
 def _list_file(chunks: Sequence[Path], folder: Path) -> Path:
@@ -35,28 +35,16 @@ def join_chunks(chunks: Sequence[Path], out: Path, metadata: dict[str, str] | No
     out = Path(out)
     tmp = out.with_name(f".{out.name}.part")
     lst = _list_file(chunks, out.parent)
-    cmd = [
-        imageio_ffmpeg.get_ffmpeg_exe(),
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "concat",
-        "-safe",
-        "0",
-        "-i",
-        str(lst),
-        "-map",
-        "0:v:0",
-        "-c",
-        "copy",
-    ]
-    for k, v in (metadata or {}).items():
-        cmd += ["-metadata", f"{k}={v}"]
-    cmd += (
-        ["-movflags", "+faststart", "-f", "mp4"] if container == "mp4" else ["-f", "mpegts", "-muxdelay", "0", "-muxpreload", "0"]
-    )
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(lst)]
+    meta_file, flags = None, "+faststart"
+    if metadata:  # a side file, never argv: a long prompt schedule would overflow the command line
+        meta_file = out.parent / f".meta-{os.getpid()}-{id(chunks)}.txt"
+        meta_file.write_text(format_ffmetadata(check_metadata(metadata)), encoding="utf-8", newline="\n")
+        cmd += ["-f", "ffmetadata", "-i", str(meta_file), "-map_metadata", "1"]
+        if any(k not in _MP4_TAGS for k in metadata):  # as fifo.video.VideoWriter: other keys need QuickTime's key list
+            flags += "+use_metadata_tags"
+    cmd += ["-map", "0:v:0", "-c", "copy"]
+    cmd += ["-movflags", flags, "-f", "mp4"] if container == "mp4" else ["-f", "mpegts", "-muxdelay", "0", "-muxpreload", "0"]
     try:
         res = subprocess.run(cmd + [str(tmp)], capture_output=True, text=True, check=False)
         if res.returncode != 0:
@@ -65,6 +53,8 @@ def join_chunks(chunks: Sequence[Path], out: Path, metadata: dict[str, str] | No
     finally:
         lst.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
+        if meta_file is not None:
+            meta_file.unlink(missing_ok=True)
     return out
 
 

@@ -506,3 +506,19 @@ def test_queue_picture_and_stop_flag(tmp_path):
     assert not flag.is_set()
     flag.set()
     assert flag.is_set() and (tmp_path / "STOP").exists()  # a file, so a forked ZeroGPU worker sees it too
+
+
+def test_joined_mp4_takes_metadata_of_any_length_outside_argv(tmp_path):
+    """A long schedule (64 x 1,000 characters, Chinese and ASCII) reaches the joined MP4 intact."""
+    from fifo.video import ChunkWriter
+    from fifo_app.media import join_chunks
+
+    with ChunkWriter(tmp_path, 8, 1.0) as w:
+        for i in range(20):
+            w.write(np.full((16, 16, 3), 10 * i, np.uint8))
+    schedule = "\n".join(f"{i * 10}: " + ("红球向右移动" * 166 if i % 2 else "a red ball " * 90) for i in range(64))
+    out = join_chunks(w.chunks, tmp_path / "v.mp4", {"comment": json.dumps({"prompt": schedule})})
+    info = probe_video(out)
+    assert info["frames"] == 20
+    assert json.loads(info["tags"]["comment"])["prompt"] == schedule
+    assert not list(tmp_path.glob(".meta-*"))  # the side file is gone
