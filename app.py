@@ -37,7 +37,7 @@ from gradio.components.dataframe import DataframeData
 from fifo import BACKBONES
 from fifo.config import APP_SETTINGS, SETTING, backbone_default
 from fifo.cpu import keep_freed_memory
-from fifo_app import queueviz, zerogpu
+from fifo_app import housekeeping, queueviz, zerogpu
 from fifo_app.estimate import format_seconds
 from fifo_app.examples import load_examples, usable
 from fifo_app.jobs import RunError, Update
@@ -868,9 +868,10 @@ def launch(**kwargs: Any) -> Any:
         kwargs.setdefault("mcp_server", True)
     kwargs.setdefault("theme", gr.themes.Soft(primary_hue="indigo", secondary_hue="pink"))
     kwargs.setdefault("css", CSS)
-    kwargs.setdefault("max_file_size", "512mb")
+    kwargs.setdefault("max_file_size", housekeeping.MAX_STATE_UPLOAD)  # the only upload is a saved state
     kwargs.setdefault("footer_links", ["api", "gradio"])
     keep_freed_memory()  # the toy (and any model without a GPU) steps on this process's CPU: fifo/cpu.py
+    housekeeping.reclaim_stale()  # scratch folders of servers that were killed (never a live one's)
     _load_default()
     return demo.launch(**kwargs)
 

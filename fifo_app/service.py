@@ -18,7 +18,7 @@ from typing import Any
 from fifo import BACKBONES, FIFOConfig, FIFOState, PromptSchedule
 from fifo.config import APP_SETTINGS
 
-from . import zerogpu
+from . import housekeeping, zerogpu
 from .estimate import RateBook, format_seconds, plan_leases, work_for
 from .jobs import Job, LeaseEvent, LeaseWork, RunError, StepEvent, TrackSpec, Update, gpu_lease, lease, run_job
 from .models import MANAGER, BackboneManager, LoadError
@@ -147,6 +147,7 @@ class Service:
             raise RunError("this page is already making a video: press Stop, or wait for it to finish")
         try:
             self.store.prune(SESSION_IDLE_S, MAX_DISK_BYTES)
+            housekeeping.trim_cache(MAX_DISK_BYTES, others=[self.store.root])  # Gradio's cache counts in the budget
             session.stop = StopFlag(session.folder / "STOP")
             gpu = BACKBONES[job.tracks[0].settings.backbone].needs_gpu
             lease_fn = self.lease_fn if gpu else lease  # a CPU model spends no GPU quota

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from .settings import RunSettings
 
+from . import housekeeping
+
 
 class StopFlag:
     """Set by the Stop button, read by a run between steps.
@@ -90,7 +92,8 @@ class SessionStore:
     """All sessions of this server, each with a folder under `root`."""
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
-        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="fifo-app-"))
+        # our own folder, locked for this process's life so that a later server can reclaim it after a kill
+        self.root = Path(root) if root is not None else housekeeping.claim_scratch()
         self.root.mkdir(parents=True, exist_ok=True)
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
