@@ -274,7 +274,7 @@ def generate(
 def extend(
     prompt: str | None = None, length: float = 2.0, length_unit: str = "seconds", schedule: Any = None, request: gr.Request = None
 ) -> Iterator[tuple]:
-    """Continue this session's last video by `length` more, seamlessly; a changed prompt takes over from where it ends."""
+    """Continue this page's last video by `length` more, seamlessly; a changed prompt takes over from where it ends."""
     yield from _stream(SERVICE.extend(_sid(request), prompt, length, length_unit, schedule), request)
 
 
@@ -320,7 +320,7 @@ def compare(
 
 
 def stop(request: gr.Request = None) -> str:
-    """Stop this session's run after its current step; what was made is kept as a complete video."""
+    """Stop this page's run after its current step; what was made is kept as a complete video."""
     if SERVICE.stop(_sid(request)):
         gr.Info("Stopping after this step; the video made so far is kept.")
         return "stopping"

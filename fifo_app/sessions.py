@@ -78,7 +78,7 @@ class Session:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.folder))
 
     def keep_only(self, *keep: Path) -> None:
-        """Delete this session's video folders except `keep` (older videos already went to the browser)."""
+        """Delete the session's video folders except `keep` (older videos already went to the browser)."""
         keep_set = {Path(k).resolve() for k in keep}
         for p in self.folder.iterdir() if self.folder.exists() else ():
             if p.is_dir() and p.resolve() not in keep_set:
