@@ -95,6 +95,26 @@ class FIFOState:
             raise ValueError(f"not a fifo state file: it is not a complete torch.save file ({type(e).__name__})") from None
         return cls(**_checked_state_fields(d))
 
+    def earliest_change_frame(self, temporal_compression: int = 1) -> int:
+        """The first video frame a prompt change can take effect from when this state is continued.
+
+        Frames still in the queue were denoised in windows whose prompt was read from the schedule
+        of the run so far (a window reads its middle frame's prompt). A change placed at or after the
+        frame returned here touches no window that already ran, so a fresh run of the recorded
+        schedule remakes the continued video exactly (`FIFOStream.earliest_change_frame` on a
+        stream resumed from this state gives the same frame).
+        """
+        cfg = FIFOConfig(**self.config)
+        f, L, b = cfg.frames_per_window, cfg.queue_length, cfg.frames_per_rung or 1
+        h = cfg.context
+        mid = max((w.start + w.stop) // 2 for w in cfg.windows) - h
+        consulted = max((self.step - 1) * b + mid, L - f)  # the last latent frame a run step read the prompt of
+        warmup = int(self.known["video_start"]) if self.known else cfg.warmup_frames
+        primed = int(self.known.get("primed", 0)) if self.known else 0
+        j = max(consulted + 1 - warmup, 0)
+        tc = temporal_compression
+        return max(1, video_frames_before(j + primed, tc) - video_frames_before(primed, tc))
+
     def check_fits(self, backbone: Backbone) -> None:
         """Raise ValueError unless this state's queue and frames fit `backbone` at the state's size."""
         if self.backbone != backbone.name:
@@ -309,6 +329,7 @@ class FIFOStream:
         if state is not None:
             self.queue = state.queue.to(dev, torch.float32)
             self.step_index, self.frames_emitted = state.step, state.frames_emitted
+            self._claimed = self.step_index - 1  # the steps of the run so far read the schedule too
             self._decoder.load_state_dict(state.decoder_state)
             if state.pending is not None:
                 self._pending = state.pending.numpy()

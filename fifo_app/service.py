@@ -201,6 +201,11 @@ class Service:
         )
         yield from self._run(session, job)
 
+    def _tc(self, backbone: str) -> int:
+        """Video frames per latent frame of a backbone (1 until a model that compresses time is loaded)."""
+        bb = self.models._loaded.get(backbone)
+        return bb.temporal_compression if bb is not None else 1
+
     def extend(
         self, session_id: str | None, prompt: str | None, length: Any, unit: str, schedule_rows: Any = None
     ) -> Iterator[Update]:
@@ -215,9 +220,9 @@ class Service:
             if (prompt or "").strip() or schedule_rows_present(schedule_rows)
             else None
         )
-        prompt_text = continue_schedule(base.settings.prompt, text, base.frames)
-        check_schedule_fits(prompt_text, base.frames + frames)
         state = FIFOState.load(base.state_path)
+        prompt_text = continue_schedule(base.settings.prompt, text, base.frames, state.earliest_change_frame(self._tc(state.backbone)))
+        check_schedule_fits(prompt_text, base.frames + frames)
         new = replace(base.settings, prompt=prompt_text, frames=base.frames + frames)
         self._check(replace(new, frames=frames), fresh=False)
         reproducible = base.reproducible
@@ -263,7 +268,7 @@ class Service:
         fps = int(c["fps"])
         frames = frames_for_length(length, unit, fps)
         new_text = build_schedule(prompt, schedule_rows).to_text() if typed else None
-        text = continue_schedule(recorded, new_text, state.frames_emitted)
+        text = continue_schedule(recorded, new_text, state.frames_emitted, state.earliest_change_frame(self._tc(state.backbone)))
         check_schedule_fits(text, state.frames_emitted + frames)
         recorded_settings = {s.name: c[s.name] if s.config else getattr(state, s.name) for s in APP_SETTINGS}
         settings = parse_inputs(

@@ -217,6 +217,8 @@ def build_schedule(prompt: Any, rows: Any = None) -> PromptSchedule:
     for s, p in entries:
         if len(p) > MAX_PROMPT_CHARS:
             raise InputError(f"the prompt at frame {s} is {len(p)} characters long: at most {MAX_PROMPT_CHARS} are allowed")
+        if _unprintable(p):
+            raise InputError(f"the prompt at frame {s} holds a control character (such as a NUL byte): use plain text")
     try:
         return PromptSchedule(tuple(entries))
     except ValueError as e:
@@ -303,6 +305,8 @@ def parse_inputs(
     negative = (negative_prompt or "").strip()
     if len(negative) > MAX_PROMPT_CHARS:
         raise InputError(f"negative prompt is {len(negative)} characters long: at most {MAX_PROMPT_CHARS} are allowed")
+    if _unprintable(negative):
+        raise InputError("the negative prompt holds a control character (such as a NUL byte): use plain text")
     name = check_backbone(backbone)
     fields = {s.name: parse_setting(s, raw.get(s.name)) for s in APP_SETTINGS}
     d = BACKBONES[name].defaults
@@ -423,12 +427,15 @@ def describe_length(frames: int, fps: int) -> str:
     return f"{frames} frames ({frames / fps:.3g} s at {fps} fps)"
 
 
-def continue_schedule(base_prompt: str | None, new_prompt: str | None, at: int) -> str:
+def continue_schedule(base_prompt: str | None, new_prompt: str | None, at: int, takes_effect: int | None = None) -> str:
     """The schedule of a video continued from frame `at`: the old prompts before it, the new text from it on.
 
-    New entries count frames from the continuation (`0:` is frame `at`). Without new text, or with
-    the same text as before, the old schedule simply goes on.
+    New entries count frames from `takes_effect` (default `at`): the first frame a change can reach
+    once the queue's frames have been begun with the old prompts (`FIFOState.earliest_change_frame`),
+    so that the recorded schedule remakes the continued video exactly. Without new text, or with the
+    same text as before, the old schedule simply goes on.
     """
+    start = at if takes_effect is None else max(at, takes_effect)
     new = (new_prompt or "").strip()
     if base_prompt is not None and (not new or new == base_prompt.strip()):
         return PromptSchedule.parse(base_prompt).to_text()
@@ -437,8 +444,13 @@ def continue_schedule(base_prompt: str | None, new_prompt: str | None, at: int) 
         entries = [(0 if i == 0 else at + s, p) for i, (s, p) in enumerate(added)]
     else:
         old = PromptSchedule.parse(base_prompt)
-        entries = [(s, p) for s, p in old.entries if s < at]
+        entries = [(s, p) for s, p in old.entries if s < start]
         for s, p in added:
-            if not (s == 0 and p == old.prompt_at(at)):  # the same prompt going on is no change
-                entries.append((at + s, p))
+            if not (s == 0 and p == old.prompt_at(start)):  # the same prompt going on is no change
+                entries.append((start + s, p))
     return PromptSchedule(tuple(entries)).to_text()
+
+
+def _unprintable(text: str) -> bool:
+    """Control characters (a NUL byte, escape sequences) that no prompt needs and a video's metadata cannot hold."""
+    return any(ord(c) < 32 and c not in "\t" or 0x7F <= ord(c) < 0xA0 for c in text)
