@@ -187,11 +187,17 @@ def test_stop_keeps_a_valid_partial_video_and_extend_continues_it(server, client
     assert remade.shape == new.shape
     assert np.abs(remade.astype(int) - new.astype(int)).mean() < 1.0  # equal up to where the encoder cut its chunks
 
-    # a changed prompt takes over from where the (remade) video ends; the link records the schedule
-    turn = client.predict("a red ball moving up", length=12, length_unit="frames", api_name="/extend")
+    # a changed prompt takes over from the first frame no finished window has read (the frames in
+    # the queue were begun with the old prompt); the link records that schedule and remakes the video
+    turn = client.predict("a red ball moving up", length=24, length_unit="frames", api_name="/extend")
     sched = settings.query_params(turn[5])["prompt"]
-    assert sched == f"0: {PROMPT}\n{len(new)}: a red ball moving up"
-    assert np.array_equal(read_video(turn[1])[: len(remade)], remade)
+    head, change = sched.split("\n")
+    at = int(change.split(":")[0])
+    assert head == f"0: {PROMPT}" and change == f"{at}: a red ball moving up" and len(new) < at < len(new) + 24
+    turned = read_video(turn[1])
+    assert np.array_equal(turned[: len(remade)], remade)
+    again = client.predict(sched, length=len(turned), length_unit="frames", seed=11, **FAST, api_name="/generate")
+    assert np.abs(read_video(again[1]).astype(int) - turned.astype(int)).mean() < 1.0
 
 
 def test_uploaded_state_continues_like_extend(client):
