@@ -397,7 +397,6 @@ def call_primed(url: str, eps: list[dict], bases: dict[int, list], fn_index: int
     return call(url, fn_index, bases[fn_index], session=session)
 
 
-@pytest.mark.timeout(900)  # ~1,000 calls; minutes on a loaded 2-core machine
 # Payloads Gradio itself refuses before any app code runs, with its generic error (no message, no
 # path): a request with no data, a file input given something that is not an uploaded file, a table
 # given no table, and the example gallery's own loader (Gradio's code) given an index it lacks.
@@ -417,6 +416,7 @@ def refused_before_the_app(endpoint: dict, case: str) -> bool:
     return kind in (*FILE_TYPES, "dataframe") and case.endswith(NOT_ITS_KIND)
 
 
+@pytest.mark.timeout(900)  # ~1,000 calls; minutes on a loaded 2-core machine
 def test_every_endpoint_refuses_bad_input_clearly(server, uploads):
     from gradio_client import Client
 
