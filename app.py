@@ -46,9 +46,12 @@ from fifo_app.models import MANAGER, LoadError
 from fifo_app.service import Service
 from fifo_app.settings import (
     LENGTH_UNITS,
+    PRESETS,
     InputError,
     from_query,
     parse_inputs,
+    preset_choices,
+    presets,
     query_params,
     schedule_table,
     setting_text,
@@ -342,9 +345,10 @@ def estimate(
     fps: float | str = "default",
     height: float | str = "default",
     width: float | str = "default",
+    frames_per_rung: float | str = "default",
 ) -> str:
     """How long a run with these settings should take here (Markdown)."""
-    return SERVICE.estimate(backbone, length, length_unit, partitions, lookahead, fps, height, width)
+    return SERVICE.estimate(backbone, length, length_unit, partitions, lookahead, fps, height, width, frames_per_rung=frames_per_rung)
 
 
 def settings_from_link(link: str) -> dict:
@@ -400,6 +404,14 @@ def _option(key: str, backbone: str | None, label: str | None = None, value: Any
         filterable=True,
         min_width=110,
     )
+
+
+def on_preset(preset: str, backbone: str) -> tuple:
+    """A speed preset: its partitions, lookahead and frames per rung, written into the advanced settings."""
+    if preset not in PRESETS or backbone not in BACKBONES:
+        return (gr.skip(),) * 3
+    p = presets(backbone)[preset]
+    return tuple(setting_text(SETTING[k], p[k]) for k in ("partitions", "lookahead", "frames_per_rung"))
 
 
 def on_backbone(name: str) -> tuple:
@@ -547,11 +559,16 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
             elem_id="schedule",
         )
         ui.schedule.data_model = _ScheduleData
+    ui.preset = gr.Radio(
+        preset_choices(DEFAULT_BACKBONE), value=None, label="Speed preset (sets partitions, lookahead, frames per rung)", elem_id="preset"
+    )
     with gr.Accordion("Negative prompt and advanced settings", open=False):
         ui.negative = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from (ignored by the toy world)")
         ui.defaults_md = gr.Markdown(backbone_defaults(DEFAULT_BACKBONE))
         ui.options = {}
-        for row in (OPTION_KEYS[:3], OPTION_KEYS[3:5], OPTION_KEYS[5:]):
+        rows = (("partitions", "lookahead", "frames_per_rung"), ("eta", "guidance_scale"), ("fps", "height", "width"))
+        rest = tuple(k for k in OPTION_KEYS if not any(k in r for r in rows))  # a new setting: a row of its own
+        for row in (*rows, rest) if rest else rows:
             with gr.Row():
                 ui.options.update({k: _option(k, DEFAULT_BACKBONE) for k in row})
     with gr.Accordion("Continue a saved queue state", open=False):
@@ -743,7 +760,7 @@ def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
         ui.backbone,
         ui.length,
         ui.length_unit,
-        *(ui.options[k] for k in ("partitions", "lookahead", "fps", "height", "width")),
+        *(ui.options[k] for k in ("partitions", "lookahead", "fps", "height", "width", "frames_per_rung")),
     ]
     gr.on(
         [c.change for c in est_inputs],
@@ -775,6 +792,10 @@ def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
     ui.stop_btn.click(stop_button, None, None, api_name="stop_button_0", **PRIVATE)
     gr.api(stop, api_name="stop", queue=False)
     ui.backbone.input(on_backbone, ui.backbone, [*ui.options.values(), ui.defaults_md], **PRIVATE)
+    ui.backbone.input(lambda name: gr.update(choices=preset_choices(name), value=None) if name in BACKBONES else gr.skip(),
+                      ui.backbone, ui.preset, **PRIVATE)  # fmt: skip
+    preset_keys = ("partitions", "lookahead", "frames_per_rung")
+    ui.preset.input(on_preset, [ui.preset, ui.backbone], [ui.options[k] for k in preset_keys], **PRIVATE)
 
 
 def build() -> gr.Blocks:
@@ -812,7 +833,7 @@ def build() -> gr.Blocks:
             ui.backbone,
             ui.length,
             ui.length_unit,
-            *(ui.options[k] for k in ("partitions", "lookahead", "fps", "height", "width")),
+            *(ui.options[k] for k in ("partitions", "lookahead", "fps", "height", "width", "frames_per_rung")),
         ]
         c_est = [c.backbone, c.length, c.unit, c.ab[0], c.ab[1], c.ab[3], c.ab[4]]
         demo.load(on_load, None, [*gen_inputs, ui.link_note, ui.defaults_md, ui.schedule_box], api_visibility="private").then(

@@ -95,8 +95,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fps", int, "fps", "frames per second of the video", 1, 120, (8, 12, 16, 24, 30)),
     Setting("height", int, "height", "pixels", 8, 4096, (64, 96, 128, 256, 320, 480, 512, 544), config=False),
     Setting("width", int, "width", "pixels", 8, 4096, (64, 96, 128, 256, 512, 576, 832, 960), config=False),
+    Setting("frames_per_rung", int, "frames per rung", "b: latent frames per noise level; divides f (f//2 with lookahead); b times fewer calls per frame", 1, 256, (1, 2, 4, 8)),
     Setting("warmup", str, "warm-up frames", "keep the L-f warm-up frames in the video?", choices=WARMUP_POLICIES, default="discard", app=False),
-    Setting("frames_per_rung", int, "frames per rung", "b: latent frames per noise level; divides f (f//2 with lookahead); b times fewer calls per frame", 1, 256, (1, 2, 4, 8), app=False),
     Setting("window_batch", int, "windows per call", "windows per forward call (default: all of a step in one call)", 1, note="(None: all windows in one call)", app=False),
 )  # fmt: skip
 SETTING: dict[str, Setting] = {s.name: s for s in SETTINGS}

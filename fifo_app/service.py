@@ -338,6 +338,7 @@ class Service:
         height: Any,
         width: Any,
         tracks: int = 1,
+        frames_per_rung: Any = "default",
     ) -> str:
         """One line of Markdown: how long the asked-for run should take (or what is wrong with the input)."""
         self.calibrate()
@@ -355,6 +356,7 @@ class Service:
                 fps=fps,
                 height=height,
                 width=width,
+                frames_per_rung=frames_per_rung,
             ).resolved()
         except InputError as e:
             return f"⚠️ {e}"
@@ -363,14 +365,18 @@ class Service:
         bb = self.models._loaded.get(s.backbone)
         tc = bb.temporal_compression if bb is not None else 1
         sc = bb.spatial_compression if bb is not None else 8
-        cfg = FIFOConfig(
-            frames_per_window=d.frames_per_window,
-            partitions=s.partitions,
-            lookahead=s.lookahead,
-            eta=s.eta,
-            guidance_scale=s.guidance_scale,
-            fps=s.fps,
-        )
+        try:
+            cfg = FIFOConfig(
+                frames_per_window=d.frames_per_window,
+                partitions=s.partitions,
+                lookahead=s.lookahead,
+                eta=s.eta,
+                guidance_scale=s.guidance_scale,
+                fps=s.fps,
+                frames_per_rung=s.frames_per_rung,
+            )
+        except ValueError as e:
+            return f"⚠️ {e}"
         work = work_for(cfg, s.frames, tc)
         area = max(1, (s.height // sc) * (s.width // sc))
         est = self.rates.estimate(s.backbone, area, cfg, work, tracks)

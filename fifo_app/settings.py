@@ -454,3 +454,41 @@ def continue_schedule(base_prompt: str | None, new_prompt: str | None, at: int, 
 def _unprintable(text: str) -> bool:
     """Control characters (a NUL byte, escape sequences) that no prompt needs and a video's metadata cannot hold."""
     return any(ord(c) < 32 and c not in "\t" or 0x7F <= ord(c) < 0xA0 for c in text)
+
+
+# -- speed presets ----------------------------------------------------------------------------------
+
+PRESETS = ("paper", "quality", "fast")
+
+
+def presets(backbone: str) -> dict[str, dict[str, Any]]:
+    """The speed presets for a backbone: partitions, lookahead and frames per rung, and model calls a frame.
+
+    From the frontier measured on the toy world (docs/frontier.md): "quality" holds `b` frames per
+    rung (the largest the window allows up to f/4, with lookahead), "fast" also halves the partitions;
+    "paper" is the paper's FIFO (b = 1) at the backbone's partitions. Calls a frame count window
+    calls per latent frame, doubled where the backbone's default guidance runs two passes.
+    """
+    from fifo.schedule import allowed_frames_per_rung
+
+    d = BACKBONES[check_backbone(backbone)].defaults
+    b = max(x for x in allowed_frames_per_rung(d.frames_per_window, True) if x <= max(1, d.frames_per_window // 4))
+    layouts = {"paper": (d.partitions, 1), "quality": (d.partitions, b), "fast": (max(1, d.partitions // 2), b)}
+    guided = 2 if d.guidance_scale > 1 else 1
+    out = {}
+    for name, (n, rung) in layouts.items():
+        cfg = FIFOConfig(frames_per_window=d.frames_per_window, partitions=n, lookahead=True, eta=d.eta,
+                         guidance_scale=d.guidance_scale, fps=d.fps, frames_per_rung=rung)
+        out[name] = {"partitions": n, "lookahead": True, "frames_per_rung": rung,
+                     "calls_per_frame": cfg.windows_per_frame * guided, "steps_per_frame": cfg.rungs}
+    return out
+
+
+def preset_choices(backbone: str) -> list[tuple[str, str]]:
+    """(label, name) of each preset, the label giving its cost a frame against the paper's."""
+    p = presets(backbone)
+    paper = p["paper"]["calls_per_frame"]
+    return [
+        (f"{name}: {v['calls_per_frame']:g} calls/frame, {100 * v['calls_per_frame'] / paper:.3g}% of the paper's", name)
+        for name, v in p.items()
+    ]

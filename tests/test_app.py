@@ -225,6 +225,7 @@ def test_share_link_round_trips_every_setting(client):
         "fps": 10,
         "partitions": 2,
         "lookahead": "off",
+        "frames_per_rung": 2,
         "height": 64,
         "width": 96,
     }
@@ -248,6 +249,7 @@ def test_share_link_round_trips_every_setting(client):
         "negative_prompt": "blurry",
         "partitions": 2,
         "lookahead": False,
+        "frames_per_rung": 2,
         "eta": 0.5,
         "guidance_scale": 2.0,
         "fps": 10,
@@ -528,3 +530,36 @@ def test_joined_mp4_takes_metadata_of_any_length_outside_argv(tmp_path):
     assert info["frames"] == 20
     assert json.loads(info["tags"]["comment"])["prompt"] == schedule
     assert not list(tmp_path.glob(".meta-*"))  # the side file is gone
+
+
+# -- speed presets ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", settings.PRESETS)
+def test_each_preset_runs_at_the_calls_a_frame_it_states(preset):
+    """The window calls a frame that the preset's label states, counted at the backbone over a toy run."""
+    from fifo import FIFOConfig, FIFOStream
+    from fifo.backbones.toy import ToyBackbone
+
+    p = settings.presets("toy")[preset]
+    bb = ToyBackbone(64, 64)
+    calls = []
+    real = bb.denoise
+    bb.denoise = lambda latents, *a, **k: (calls.append(latents.shape[0]), real(latents, *a, **k))[1]
+    cfg = FIFOConfig(partitions=p["partitions"], lookahead=p["lookahead"], frames_per_rung=p["frames_per_rung"])
+    s = FIFOStream(bb, PROMPT, cfg, seed=1)
+    list(s.frames(1))  # the warm start and the warm-up behind us
+    before, emitted = sum(calls), s.frames_emitted
+    list(s.frames(16 * p["frames_per_rung"]))
+    per_frame = (sum(calls) - before) / (s.frames_emitted - emitted)  # windows per (toy: latent = video) frame
+    assert per_frame == p["calls_per_frame"]  # the toy has no guidance: calls are windows
+    assert {"paper": 8, "quality": 2, "fast": 1}[preset] == per_frame
+
+
+def test_each_preset_makes_a_video_through_the_app(client):
+    for name, p in settings.presets("toy").items():
+        out = client.predict(PROMPT, length=12, length_unit="frames", seed=4, random_seed=False, height=64, width=64,
+                             partitions=p["partitions"], lookahead="on", frames_per_rung=p["frames_per_rung"],
+                             api_name="/generate")  # fmt: skip
+        assert probe_video(out[1])["frames"] == 12, name
+        assert settings.query_params(out[5])["frames_per_rung"] == str(p["frames_per_rung"])

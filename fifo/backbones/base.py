@@ -37,6 +37,7 @@ class BackboneDefaults:
     fps: int
     height: int
     width: int
+    frames_per_rung: int = 1  # b: latent frames per noise level (1: the paper's FIFO)
 
 
 class Decoder(ABC):
