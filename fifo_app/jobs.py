@@ -352,10 +352,15 @@ class _Clock:
         while len(self.marks) > 2 and t - self.marks[0][0] > 8.0:
             self.marks.popleft()
 
+    MIN_SPAN_S, MIN_FRAMES = 1.0, 4  # a burst of frames decoded together says nothing about the rate
+
     def seconds_per_frame(self) -> float | None:
-        if len(self.marks) < 2 or self.marks[-1][1] == self.marks[0][1]:
+        """The measured rate, or None until the window spans at least a second and a few frames."""
+        if len(self.marks) < 2:
             return None
         (t0, f0), (t1, f1) = self.marks[0], self.marks[-1]
+        if t1 - t0 < self.MIN_SPAN_S or f1 - f0 < self.MIN_FRAMES:
+            return None
         return (t1 - t0) / (f1 - f0)
 
 

@@ -162,3 +162,14 @@ def test_one_page_cannot_fill_the_queue(client):
     running.result(timeout=120)
     # refused at the door: Gradio's client words it as "Queue is full" (the server's message names the limit)
     assert len(errors) == 2 and all("full" in e for e in errors), errors
+
+
+def test_the_time_left_is_not_read_off_a_burst_of_frames():
+    """Frames handed out together (a warm-up's end, a decode catching up) give no rate; a second of frames does."""
+    clock = jobs._Clock()
+    for i in range(4):
+        clock.mark(10.0 + 0.001 * i, i)  # four frames within 3 ms
+    assert clock.seconds_per_frame() is None  # the estimate stands, not "0.001 s a frame"
+    for i in range(4, 30):
+        clock.mark(10.0 + 0.1 * i, i)
+    assert abs(clock.seconds_per_frame() - 0.1) < 0.02
