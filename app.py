@@ -578,6 +578,7 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
             "**Extend by**, and the prompt the state records (or the prompt typed above from its first new frame on)."
         )
         ui.state_upload = gr.File(label="Saved state (.pt)", file_types=[".pt"], type="filepath")
+        ui.state_note = gr.Markdown(elem_id="state-note")
         ui.continue_btn = gr.Button("Continue")
 
 
@@ -794,6 +795,7 @@ def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
     ui.backbone.input(on_backbone, ui.backbone, [*ui.options.values(), ui.defaults_md], **PRIVATE)
     ui.backbone.input(lambda name: gr.update(choices=preset_choices(name), value=None) if name in BACKBONES else gr.skip(),
                       ui.backbone, ui.preset, **PRIVATE)  # fmt: skip
+    ui.state_upload.change(SERVICE.describe_state, ui.state_upload, ui.state_note, **PRIVATE)
     preset_keys = ("partitions", "lookahead", "frames_per_rung")
     ui.preset.input(on_preset, [ui.preset, ui.backbone], [ui.options[k] for k in preset_keys], **PRIVATE)
 

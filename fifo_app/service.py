@@ -201,6 +201,24 @@ class Service:
         )
         yield from self._run(session, job)
 
+    def describe_state(self, state_file: str | os.PathLike | None) -> str:
+        """What Continue will do with an uploaded state (its settings, not the page's), as safe Markdown."""
+        if not state_file:
+            return ""
+        try:
+            state = FIFOState.load(state_file)
+        except ValueError:
+            return "⚠️ that file is not a saved FIFO state: upload a .pt file saved by this app (or by python -m fifo --save-state)"
+        if state.backbone not in BACKBONES:
+            return "⚠️ the state was made by a backbone that is not available here"
+        c = state.config
+        return (
+            f"Continue goes on from frame {state.frames_emitted} of this **{state.backbone}** video at "
+            f"{state.width}x{state.height}, {c['fps']} fps, {c['partitions']} partitions, lookahead "
+            f"{'on' if c['lookahead'] else 'off'}, seed {state.seed}: the state's settings, not the ones above "
+            "(the estimate above is for Generate); it adds **Extend by** more."
+        )
+
     def _tc(self, backbone: str) -> int:
         """Video frames per latent frame of a backbone (1 until a model that compresses time is loaded)."""
         bb = self.models._loaded.get(backbone)

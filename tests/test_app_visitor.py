@@ -173,3 +173,21 @@ def test_the_time_left_is_not_read_off_a_burst_of_frames():
     for i in range(4, 30):
         clock.mark(10.0 + 0.1 * i, i)
     assert abs(clock.seconds_per_frame() - 0.1) < 0.02
+
+
+def test_an_uploaded_state_says_which_settings_continue_will_use(tmp_path):
+    """The page's settings and estimate describe Generate; an uploaded state's own settings are shown beside it."""
+    from fifo import FIFOConfig
+    from fifo.backbones.toy import ToyBackbone
+    from fifo_app.service import Service
+
+    s = FIFOStream(ToyBackbone(64, 96), PROMPT, FIFOConfig(partitions=2, lookahead=False, fps=10), seed=9)
+    list(s.frames(5))
+    s.state().save(tmp_path / "q.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a state")
+    service = Service()
+    text = service.describe_state(tmp_path / "q.pt")
+    assert "frame 5" in text and "96x64" in text and "10 fps" in text and "2 partitions" in text and "lookahead off" in text
+    assert "seed 9" in text and "not the ones above" in text
+    junk = service.describe_state(tmp_path / "junk.pt")
+    assert junk.startswith("⚠️") and str(tmp_path) not in junk
