@@ -46,7 +46,6 @@ from fifo_app.models import MANAGER, LoadError
 from fifo_app.service import Service
 from fifo_app.settings import (
     LENGTH_UNITS,
-    PRESETS,
     InputError,
     from_query,
     parse_inputs,
@@ -406,9 +405,20 @@ def _option(key: str, backbone: str | None, label: str | None = None, value: Any
     )
 
 
+def _gen_inputs(ui: SimpleNamespace) -> list:
+    """Generate's inputs, in the order of its published parameters: core, each declared setting, the schedule."""
+    return [ui.prompt, ui.negative, ui.backbone, ui.length, ui.length_unit, ui.seed, ui.random_seed, *ui.options.values(), ui.schedule]
+
+
+def _est_inputs(ui: SimpleNamespace) -> list:
+    """The estimate's inputs, in the order of `estimate`'s parameters."""
+    keys = ("partitions", "lookahead", "fps", "height", "width", "frames_per_rung")
+    return [ui.backbone, ui.length, ui.length_unit, *(ui.options[k] for k in keys)]
+
+
 def on_preset(preset: str, backbone: str) -> tuple:
     """A speed preset: its partitions, lookahead and frames per rung, written into the advanced settings."""
-    if preset not in PRESETS or backbone not in BACKBONES:
+    if backbone not in BACKBONES or preset not in presets(backbone):
         return (gr.skip(),) * 3
     p = presets(backbone)[preset]
     return tuple(setting_text(SETTING[k], p[k]) for k in ("partitions", "lookahead", "frames_per_rung"))
@@ -743,26 +753,11 @@ def _wire_compare(c: SimpleNamespace) -> None:
 def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
     """The main tab's events: generate, extend, continue and stop, estimates, backbone changes, examples."""
     # the order of generate's published parameters: core, each declared setting, the schedule table
-    gen_inputs = [
-        ui.prompt,
-        ui.negative,
-        ui.backbone,
-        ui.length,
-        ui.length_unit,
-        ui.seed,
-        ui.random_seed,
-        *ui.options.values(),
-        ui.schedule,
-    ]
+    gen_inputs = _gen_inputs(ui)
     gen_outputs = [ui.video, ui.mp4_file, ui.state_file, ui.status, ui.queue_img, ui.share, ui.details]
     # while queued, Gradio's own "queue: 2/3" line shows on the progress panel
     gpu = {"concurrency_id": "gpu", "concurrency_limit": GPU_SLOTS, "show_progress": "minimal", "show_progress_on": [ui.status]}
-    est_inputs = [
-        ui.backbone,
-        ui.length,
-        ui.length_unit,
-        *(ui.options[k] for k in ("partitions", "lookahead", "fps", "height", "width", "frames_per_rung")),
-    ]
+    est_inputs = _est_inputs(ui)
     gr.on(
         [c.change for c in est_inputs],
         estimate,
@@ -819,24 +814,9 @@ def build() -> gr.Blocks:
         with gr.Accordion("How it works", open=False):
             gr.Markdown(HOW.replace("{vocabulary}", _vocabulary()))
         _wire_make(ui, examples)
-        gen_inputs = [
-            ui.prompt,
-            ui.negative,
-            ui.backbone,
-            ui.length,
-            ui.length_unit,
-            ui.seed,
-            ui.random_seed,
-            *ui.options.values(),
-            ui.schedule,
-        ]
+        gen_inputs = _gen_inputs(ui)
         gr.api(settings_from_link, api_name="settings_from_link")
-        est_inputs = [
-            ui.backbone,
-            ui.length,
-            ui.length_unit,
-            *(ui.options[k] for k in ("partitions", "lookahead", "fps", "height", "width", "frames_per_rung")),
-        ]
+        est_inputs = _est_inputs(ui)
         c_est = [c.backbone, c.length, c.unit, c.ab[0], c.ab[1], c.ab[3], c.ab[4]]
         demo.load(on_load, None, [*gen_inputs, ui.link_note, ui.defaults_md, ui.schedule_box], api_visibility="private").then(
             estimate, est_inputs, ui.estimate_md, **PRIVATE

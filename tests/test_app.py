@@ -563,3 +563,12 @@ def test_each_preset_makes_a_video_through_the_app(client):
                              api_name="/generate")  # fmt: skip
         assert probe_video(out[1])["frames"] == 12, name
         assert settings.query_params(out[5])["frames_per_rung"] == str(p["frames_per_rung"])
+
+
+def test_a_speed_preset_fills_in_the_advanced_settings():
+    import app
+
+    for name, p in settings.presets("toy").items():
+        assert app.on_preset(name, "toy") == (str(p["partitions"]), "on", str(p["frames_per_rung"]))
+    assert app.on_preset("fast", "toy") == ("2", "on", "4")
+    assert all(isinstance(x, type(app.gr.skip())) for x in app.on_preset("lookahead off vs on", "toy"))
