@@ -545,7 +545,7 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
     ui.examples_row = gr.Column(elem_id="examples")
     with gr.Row():
         ui.backbone = gr.Dropdown(choices, value=DEFAULT_BACKBONE, label="Backbone", scale=3, min_width=120)
-        ui.length = gr.Number(DEFAULT_SECONDS, label="Length", scale=2, min_width=80)
+        ui.length = gr.Number(DEFAULT_SECONDS, label="Length", scale=2, min_width=80, elem_id="length")
         ui.length_unit = gr.Radio(list(LENGTH_UNITS), value="seconds", label="in", scale=2, min_width=120)
     with gr.Row():
         ui.seed = gr.Number(0, label="Seed", precision=None, scale=3, min_width=100, elem_id="seed")

@@ -178,6 +178,7 @@ def test_phone_layout(url, browser, tmp_path):
         assert gen["y"] + gen["height"] <= 844, f"Generate is {gen['y']:.0f} px down"
         shoot(page, "app-390x844-idle.png", tmp_path)
         page.locator("#prompt textarea").fill("a yellow square moving down-left fast")
+        page.locator("#length input").fill("60")  # long enough that Stop lands mid-run on a fast machine
         page.locator("#generate").click()
         page.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=60_000)
         page.locator("#live").scroll_into_view_if_needed()
