@@ -276,7 +276,8 @@ def generate(
 def extend(
     prompt: str | None = None, length: float = 2.0, length_unit: str = "seconds", schedule: Any = None, request: gr.Request = None
 ) -> Iterator[tuple]:
-    """Continue this page's last video by `length` more, seamlessly; a changed prompt takes over from where it ends."""
+    """Continue this page's last video by `length` more, seamlessly; a changed prompt takes over once the
+    frames already begun in the queue are out (the share link then remakes the whole video)."""
     yield from _stream(SERVICE.extend(_sid(request), prompt, length, length_unit, schedule), request)
 
 
