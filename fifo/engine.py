@@ -105,15 +105,9 @@ class FIFOState:
         stream resumed from this state gives the same frame).
         """
         cfg = FIFOConfig(**self.config)
-        f, L, b = cfg.frames_per_window, cfg.queue_length, cfg.frames_per_rung or 1
-        h = cfg.context
-        mid = max((w.start + w.stop) // 2 for w in cfg.windows) - h
-        consulted = max((self.step - 1) * b + mid, L - f)  # the last latent frame a run step read the prompt of
         warmup = int(self.known["video_start"]) if self.known else cfg.warmup_frames
         primed = int(self.known.get("primed", 0)) if self.known else 0
-        j = max(consulted + 1 - warmup, 0)
-        tc = temporal_compression
-        return max(1, video_frames_before(j + primed, tc) - video_frames_before(primed, tc))
+        return _first_unread_frame(cfg, self.step - 1, warmup, primed, temporal_compression)
 
     def check_fits(self, backbone: Backbone) -> None:
         """Raise ValueError unless this state's queue and frames fit `backbone` at the state's size."""
@@ -227,6 +221,24 @@ def _checked_state_fields(d: object) -> dict[str, Any]:
                 raise bad("known", f"{k!r} must be an integer in [0, {lat.shape[1] + slots}], got {_short(v)}")
     out["known"] = known
     return out
+
+
+def _video_frame(latent_frame: int, warmup: int, primed: int, temporal_compression: int) -> int:
+    """The first video frame latent frame `latent_frame` decodes to (0 for warm-up and known frames)."""
+    tc, j = temporal_compression, max(latent_frame - warmup, 0)
+    return video_frames_before(j + primed, tc) - video_frames_before(primed, tc)  # after known frames a causal latent gives tc
+
+
+def _first_unread_frame(config: FIFOConfig, claimed_step: int, warmup: int, primed: int, temporal_compression: int) -> int:
+    """The first video frame whose prompt no window of the steps up to `claimed_step` (nor the warm start) read.
+
+    A window reads its middle frame's prompt; a prompt change from this frame on is remade exactly
+    by a fresh run of the recorded schedule.
+    """
+    mid = max((w.start + w.stop) // 2 for w in config.windows) - config.context
+    b = config.frames_per_rung or 1  # older state files lack it: one frame per rung
+    consulted = max(claimed_step * b + mid, config.queue_length - config.frames_per_window)
+    return max(1, _video_frame(consulted + 1, warmup, primed, temporal_compression))
 
 
 def _short(v: object) -> str:
@@ -361,10 +373,6 @@ class FIFOStream:
             self._conds[prompt] = self.backbone.encode_prompt(prompt, self.negative_prompt)
         return self._conds[prompt]
 
-    def _prompt_of_latent(self, latent_frame: int) -> str:
-        """The prompt of the video frame that latent frame `latent_frame` becomes."""
-        return self.schedule.prompt_at(self._video_frame_of(latent_frame))
-
     def _cond_of_latent(self, latent_frame: int) -> Any:
         """The conditioning of latent frame `latent_frame`: its prompt's, or a blend of two inside a fade."""
         schedule = self.schedule  # read once: a prompt change swaps the reference
@@ -389,9 +397,7 @@ class FIFOStream:
 
     def _video_frame_of(self, latent_frame: int) -> int:
         """The first video frame latent frame `latent_frame` decodes to (0 for warm-up and known frames)."""
-        tc, p = self.backbone.temporal_compression, self._primed
-        j = max(latent_frame - self.warmup, 0)
-        return video_frames_before(j + p, tc) - video_frames_before(p, tc)  # after known frames a causal latent gives tc
+        return _video_frame(latent_frame, self.warmup, self._primed, self.backbone.temporal_compression)
 
     # -- steering: prompt changes while the stream runs --------------------------------------------
 
@@ -400,18 +406,13 @@ class FIFOStream:
         with self._steer_lock:
             self._claimed = self.step_index
 
-    def _consulted_latent(self) -> int:
-        """The last latent frame whose prompt a started step (or the warm start) may have read."""
-        mid = max((w.start + w.stop) // 2 for w in self.config.windows) - self.h  # a window's prompt: its middle frame's
-        return max(self._claimed * self.b + mid, self.L - self.f)
-
     def earliest_change_frame(self) -> int:
         """The first video frame a prompt change made now can take effect from, exactly reproducibly."""
         with self._steer_lock:
             return self._earliest_frame()
 
     def _earliest_frame(self) -> int:
-        return max(1, self._video_frame_of(self._consulted_latent() + 1))
+        return _first_unread_frame(self.config, self._claimed, self.warmup, self._primed, self.backbone.temporal_compression)
 
     def change_prompt(self, prompt: str, frame: int | None = None, entry: str = "tail", blend: int = 0) -> int:
         """Add a schedule entry while the stream runs (thread-safe, between steps); returns its video frame.
