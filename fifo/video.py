@@ -25,7 +25,7 @@ import imageio_ffmpeg
 import numpy as np
 
 __all__ = ["VideoError", "VideoWriter", "ChunkWriter", "write_video", "read_video", "probe_video", "check_metadata",
-           "format_ffmetadata", "ffmpeg_popen_options", "retag_video"]
+           "format_ffmetadata", "ffmpeg_popen_options", "retag_video", "write_ffmetadata_file", "mp4_movflags"]
 
 
 class VideoError(RuntimeError):
@@ -95,6 +95,21 @@ def format_ffmetadata(metadata: dict[str, str]) -> str:
     return ";FFMETADATA1" + "".join(f"\n{escape(k)}={escape(v)}" for k, v in items) + last
 
 
+def write_ffmetadata_file(metadata: dict[str, str]) -> Path:
+    """The tags in a temporary ffmetadata file, for ffmpeg's `-f ffmetadata -i FILE`; the caller deletes it."""
+    fd, name = tempfile.mkstemp(prefix="fifo-meta-", suffix=".txt")
+    with open(fd, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(format_ffmetadata(metadata))
+    return Path(name)
+
+
+def mp4_movflags(metadata: dict[str, str]) -> str:
+    """`-movflags` for an MP4 carrying these tags."""
+    # Known keys go to iTunes-style atoms that most tools read; any other key needs the
+    # QuickTime key list, which would also take the known ones out of those atoms.
+    return "+faststart" + ("+use_metadata_tags" if any(k not in _MP4_TAGS for k in metadata) else "")
+
+
 def ffmpeg_popen_options() -> dict:
     """Popen keywords for an ffmpeg child that must outlive a terminal's Ctrl-C to finish its file.
 
@@ -128,20 +143,14 @@ class VideoWriter:
         self._state = "open"
 
     def _format_args(self) -> list[str]:
-        # Known keys go to iTunes-style atoms that most tools read; any other key needs the
-        # QuickTime key list, which would also take the known ones out of those atoms.
-        custom = any(k not in _MP4_TAGS for k in self.metadata)
-        return ["-movflags", "+faststart" + ("+use_metadata_tags" if custom else ""), "-f", "mp4"]
+        return ["-movflags", mp4_movflags(self.metadata), "-f", "mp4"]
 
     def _start(self, w: int, h: int) -> None:
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", str(self.fps), "-i", "pipe:0"]
         if self.metadata:  # a side file, never argv: see format_ffmetadata
-            fd, name = tempfile.mkstemp(prefix="fifo-meta-", suffix=".txt")
-            self._meta_file = Path(name)
-            with open(fd, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write(format_ffmetadata(self.metadata))
-            cmd += ["-f", "ffmetadata", "-i", name, "-map", "0:v", "-map_metadata", "1"]
+            self._meta_file = write_ffmetadata_file(self.metadata)
+            cmd += ["-f", "ffmetadata", "-i", str(self._meta_file), "-map", "0:v", "-map_metadata", "1"]
         cmd += ["-an", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
                 *_fps_mode_args()]
         try:
@@ -244,13 +253,10 @@ def retag_video(path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """Replace a finished MP4's global tags (streams copied, file replaced atomically; tags never on argv)."""
     path, metadata = Path(path), check_metadata(metadata)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    fd, name = tempfile.mkstemp(prefix="fifo-meta-", suffix=".txt")
-    with open(fd, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(format_ffmetadata(metadata))
-    custom = any(k not in _MP4_TAGS for k in metadata)
+    meta_file = write_ffmetadata_file(metadata)
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(path),
-           "-f", "ffmetadata", "-i", name, "-map", "0", "-c", "copy", "-map_metadata", "1",
-           "-movflags", "+faststart" + ("+use_metadata_tags" if custom else ""), "-f", "mp4", str(tmp)]
+           "-f", "ffmetadata", "-i", str(meta_file), "-map", "0", "-c", "copy", "-map_metadata", "1",
+           "-movflags", mp4_movflags(metadata), "-f", "mp4", str(tmp)]
     try:
         res = subprocess.run(cmd, capture_output=True, **ffmpeg_popen_options())
         if res.returncode != 0:
@@ -258,7 +264,7 @@ def retag_video(path: str | os.PathLike, metadata: dict[str, str]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-        Path(name).unlink(missing_ok=True)
+        meta_file.unlink(missing_ok=True)
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float,

@@ -18,7 +18,7 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fifo.video import _MP4_TAGS, VideoError, check_metadata, format_ffmetadata
+from fifo.video import VideoError, check_metadata, mp4_movflags, write_ffmetadata_file
 
 
 def _list_file(chunks: Sequence[Path], folder: Path) -> Path:
@@ -36,15 +36,12 @@ def join_chunks(chunks: Sequence[Path], out: Path, metadata: dict[str, str] | No
     tmp = out.with_name(f".{out.name}.part")
     lst = _list_file(chunks, out.parent)
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(lst)]
-    meta_file, flags = None, "+faststart"
+    meta_file = None
     if metadata:  # a side file, never argv: a long prompt schedule would overflow the command line
-        meta_file = out.parent / f".meta-{os.getpid()}-{id(chunks)}.txt"
-        meta_file.write_text(format_ffmetadata(check_metadata(metadata)), encoding="utf-8", newline="\n")
+        meta_file = write_ffmetadata_file(check_metadata(metadata))
         cmd += ["-f", "ffmetadata", "-i", str(meta_file), "-map_metadata", "1"]
-        if any(k not in _MP4_TAGS for k in metadata):  # as fifo.video.VideoWriter: other keys need QuickTime's key list
-            flags += "+use_metadata_tags"
     cmd += ["-map", "0:v:0", "-c", "copy"]
-    cmd += ["-movflags", flags, "-f", "mp4"] if container == "mp4" else ["-f", "mpegts", "-muxdelay", "0", "-muxpreload", "0"]
+    cmd += ["-movflags", mp4_movflags(metadata or {}), "-f", "mp4"] if container == "mp4" else ["-f", "mpegts", "-muxdelay", "0", "-muxpreload", "0"]
     try:
         res = subprocess.run(cmd + [str(tmp)], capture_output=True, text=True, check=False)
         if res.returncode != 0:
