@@ -346,18 +346,23 @@ next(it)
 steps, warm = int(sys.argv[5]), int(sys.argv[6])
 for _ in range(warm):
     next(it)
-f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+per_step, t = [], time.perf_counter()
 for _ in range(steps):
+    f0 = faults()
     next(it)
+    per_step.append(faults() - f0)
 wall = time.perf_counter() - t
-print(json.dumps({"set": tuned, "ms": wall / steps * 1e3, "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps}))
+print(json.dumps({"set": tuned, "ms": wall / steps * 1e3, "faults": sum(per_step) / steps,
+                  "faulting_steps": sum(f > 0 for f in per_step) / steps}))
 """
 
 
 def alloc_child(mode: str, backbone: str, steps: int, smoke: bool = False, warm: int | None = None) -> dict:
     """A fresh process stepping FIFOStream with glibc's defaults ("default") or `keep_freed_memory()`
     ("tuned"), `warm` steps (default steps // 4) after the first frame, then `steps` measured:
-    {"set": what the call returned (None if not made), "ms": per step, "faults": page faults per step}."""
+    {"set": what the call returned (None if not made), "ms": per step, "faults": page faults per step,
+    "faulting_steps": the fraction of steps with any page fault}."""
     warm = max(steps // 4, 1) if warm is None else warm
     import subprocess
 

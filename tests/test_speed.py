@@ -131,17 +131,17 @@ def test_memory_benchmark_child_runs():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_stops_the_page_faults_of_every_step():
-    """With glibc's defaults a toy step maps fresh pages for its tensors; tuned, it reuses the heap's."""
+    """With glibc's defaults many toy steps map fresh pages for their tensors; tuned, they reuse the heap's.
+
+    Each side is judged on its own: glibc's dynamic mmap threshold makes the defaults' mean swing
+    twentyfold run to run, and a tuned heap may still grow once (hundreds of faults in one step), so
+    a ratio of the two means failed either way. Tuned, what is counted is the steps that fault at all."""
     from benchmarks.speed import alloc_child  # the benchmark's own measurement, at the toy's defaults
 
-    runs = {}
-    for mode in ("default", "tuned"):
-        # 100 steps: the tuned heap may still grow once (~200 faults), which 20 steps did not dilute enough
-        r = alloc_child(mode, "toy", 100, warm=30)
-        runs[mode] = (r["set"], r["faults"])
-    assert runs["tuned"][0] is True
-    assert runs["default"][1] > 10, runs  # the problem is there to solve (glibc's defaults)
-    assert runs["tuned"][1] <= 0.1 * runs["default"][1], runs  # ~360 per step -> 0 here
+    runs = {mode: alloc_child(mode, "toy", 100, warm=30) for mode in ("default", "tuned")}
+    assert runs["tuned"]["set"] is True
+    assert runs["default"]["faults"] > 10, runs  # the problem is there to solve: 28 to 750 faults a step measured
+    assert runs["tuned"]["faulting_steps"] <= 0.05, runs  # at most a one-off growth: 0 to 1% of steps measured
 
 
 _ARENA_CHILD = r"""
