@@ -43,6 +43,7 @@ def test_passes_per_frame_are_counted_and_agree_with_the_formula_and_the_presets
         guided = 2 if cfg.guidance_scale != 1 else 1
         # before the first frame: the warm-start clip (one window per rung), the warm-up steps and the first step
         assert c["first_passes"] == guided * (cfg.rungs + (cfg.warmup_steps + 1) * len(cfg.windows)), setting
+        assert c["warm_start_passes"] == guided * cfg.rungs, setting  # one window per rung of the clip
         if setting in app:  # the calls a frame the app's preset label states, here counted
             assert c["passes_per_latent"] == app[setting]["calls_per_frame"], setting
 
@@ -100,3 +101,28 @@ def test_the_script_runs_in_smoke_mode():
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_estimate.py"), "--smoke", "--models", "nope"],
                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)  # fmt: skip
     assert bad.returncode == 2 and "--models nope: allowed are" in bad.stderr
+
+
+def test_meta_flops_of_a_unet3d_equal_a_real_runs_with_attention_counted():
+    """The damo UNet3D layout (widths / 16) on `meta` counts what a CPU run with the math attention kernel counts.
+
+    On a CPU, `scaled_dot_product_attention` runs a fused kernel that FlopCounterMode does not see;
+    forced to the math kernel its matmuls are counted, and the meta run agrees with that, attention included.
+    """
+    import hub_cache
+    from diffusers import UNet3DConditionModel
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cfg = hub_cache.scale_unet(hub_cache._load("damo-vilab/text-to-video-ms-1.7b", "unet/config.json"), 16)
+    counted = []
+    for device in ("meta", "cpu"):
+        torch.manual_seed(0)
+        with torch.device(device):
+            unet = UNet3DConditionModel.from_config(cfg).eval()
+            x = torch.randn(1, 4, 3, 16, 16)  # (B, C, F, h, w)
+            ctx = torch.randn(1, 5, cfg["cross_attention_dim"])
+        with sdpa_kernel(SDPBackend.MATH):
+            counted.append(ge.count_flops(lambda: unet(x, 500, encoder_hidden_states=ctx)))
+    (meta_total, meta_attn), (cpu_total, cpu_attn) = counted
+    assert meta_attn > 0 and meta_total > meta_attn
+    assert (meta_total, meta_attn) == (cpu_total, cpu_attn)
