@@ -57,20 +57,24 @@ class GPU:
     source: str
 
 
-# Dense bf16 tensor peaks. NVIDIA's data sheets print the figure with 2:4 sparsity; the dense one is half.
+# Dense (no 2:4 sparsity) bf16 tensor-core peaks; vendor sheets print the sparse figure, twice these.
 GPUS = (
-    GPU("A6000", 154.8, "NVIDIA RTX A6000 data sheet: tensor performance 309.7 TFLOP/s with sparsity"),
-    GPU("A100", 312.0, "NVIDIA A100 data sheet: BF16 tensor core 312 TFLOP/s (624 with sparsity)"),
-    GPU("H100 SXM", 989.4, "NVIDIA H100 data sheet: BF16 tensor core 1,979 TFLOP/s with sparsity (SXM)"),
-    GPU("H200 (ZeroGPU)", 989.4, "NVIDIA H200 data sheet: BF16 tensor core 1,979 TFLOP/s with sparsity; "
-        "Hugging Face ZeroGPU documentation: an H200 slice, 70 GB per workload"),
-    GPU("RTX PRO 6000 (ZeroGPU)", 503.8, "RTX PRO 6000 Blackwell: 503.8 TFLOP/s dense BF16 tensor (third-party spec "
-        "table of NVIDIA's figures); the newest ZeroGPU documentation names this GPU"),
+    GPU("A6000", 154.8, "RTX A6000: 154.8 dense FP16/BF16 tensor, 309.7 with sparsity "
+        "(https://llmperf.net/categories/gpu/Nvidia-A6000-GPUs, from NVIDIA's and Microway's figures)"),
+    GPU("A100", 312.0, "A100: BF16 matrix 312, 624 with sparsity (https://glennklockwood.com/garden/processors/A100, "
+        "from NVIDIA's A100 data sheet)"),
+    GPU("H100 SXM", 989.4, "H100 SXM: BF16 matrix 989.4, 1978.9 with sparsity (https://glennklockwood.com/garden/processors/h100)"),
+    GPU("H200 (ZeroGPU)", 989.4, "H200: the H100's compute with more memory (same page); ZeroGPU: 'Nvidia H200 slice, "
+        "70GB per workload' (https://huggingface.co/docs/hub/spaces-zerogpu), taken as a whole H200's compute"),
+    GPU("RTX PRO 6000 (ZeroGPU)", 503.8, "RTX PRO 6000 Blackwell: BF16 tensor 503.8, 1,010 with sparsity "
+        "(https://hmc-tech.com/gpu/nvidia-rtx-pro-6000-blackwell-vs-amd-radeon-pro-duo-polaris); the newest "
+        "version of the ZeroGPU page names this GPU"),
 )
 CALIBRATION = ("videocrafter2", "paper", "A6000", 12.37)  # backbone, setting, GPU, s/frame (arXiv 2405.11473)
 ZEROGPU = "H200 (ZeroGPU)"
 # Daily ZeroGPU quota per visitor (Hugging Face's ZeroGPU documentation, usage tiers)
 QUOTA_S = {"unauthenticated": 120, "free account": 210, "PRO": 1500}
+LEASE_S = 120.0  # the app's longest ZeroGPU lease by default (FIFO_MAX_LEASE_S)
 NOTE = "estimated from FLOPs, not measured"
 
 
@@ -146,6 +150,7 @@ def count_calls(like: Backbone, config: FIFOConfig, steps: int = 4, height: int 
     return {
         "config": cfg,
         "warm_start_passes": after_warm_start - per_step,
+        "per_step_passes": per_step,
         "first_passes": first_passes,
         "passes_per_latent": (bb.passes - first_passes) / latents,
         "passes_per_frame": (bb.passes - first_passes) / frames,
@@ -266,6 +271,17 @@ def measure(names: list[str], k: int, steps: int, size: tuple[int, int] | None) 
     return calls, flops, skipped
 
 
+def fits_lease(before_first_s: float, per_frame_s: float) -> str:
+    """'yes', or 'no' where the app's own lease planner refuses: the warm start and warm-up must fit one lease."""
+    from fifo_app.estimate import plan_leases
+
+    try:
+        plan_leases(before_first_s + 100 * per_frame_s, before_first_s, LEASE_S)
+    except ValueError:
+        return "no"
+    return "yes"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Count, estimate and print the tables (Markdown)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -333,13 +349,16 @@ def main(argv: list[str] | None = None) -> int:
             per_frame = seconds(ff, zg, util)
             bought = [math.floor(max(0.0, q - first) / per_frame) for q in QUOTA_S.values()]
             warm = seconds(c["warm_start_passes"] * flops[name]["forward"], zg, util)
-            quota_rows.append([name, s, _fmt(warm), _fmt(first), *[f"{n:,} ({_fmt(n / fps)} s)" for n in bought]])
+            before = seconds((c["first_passes"] - c["per_step_passes"]) * flops[name]["forward"], zg, util)
+            quota_rows.append([name, s, _fmt(warm), _fmt(first), fits_lease(before, per_frame),
+                               *[f"{n:,} ({_fmt(n / fps)} s)" for n in bought]])  # fmt: skip
     print(table(["backbone", "setting", *[f"{g.name} s/frame" for g in GPUS], f"x paper ({cal_s} s, A6000)",
                  f"x slower than real time, {ZEROGPU}"], rows))  # fmt: skip
     print(f"\n## A ZeroGPU visitor's daily quota on the {ZEROGPU} ({NOTE})\n")
-    print(table(["backbone", "setting", "warm start s", "s to the first frame", *[f"{q}, {v / 60:g} min: frames (video)" for q, v in QUOTA_S.items()]],
+    print(table(["backbone", "setting", "warm start s", "s to the first frame", f"fits a {LEASE_S:g}-s lease", *[f"{q}, {v / 60:g} min: frames (video)" for q, v in QUOTA_S.items()]],
                 quota_rows))  # fmt: skip
-    print("\nPeaks (dense bf16 tensor TFLOP/s): " + "; ".join(f"{g.name} {g.tflops}: {g.source}" for g in GPUS))
+    print("\nPeaks, dense bf16 tensor TFLOP/s:\n")
+    print("\n".join(f"- {g.name}: {g.tflops:g}. {g.source}" for g in GPUS))
     print(f"\nTotal {time.perf_counter() - t0:.0f} s.")
     return 0
 
