@@ -59,16 +59,34 @@ class GPU:
 
 # Dense (no 2:4 sparsity) bf16 tensor-core peaks; vendor sheets print the sparse figure, twice these.
 GPUS = (
-    GPU("A6000", 154.8, "RTX A6000: 154.8 dense FP16/BF16 tensor, 309.7 with sparsity "
-        "(https://llmperf.net/categories/gpu/Nvidia-A6000-GPUs, from NVIDIA's and Microway's figures)"),
-    GPU("A100", 312.0, "A100: BF16 matrix 312, 624 with sparsity (https://glennklockwood.com/garden/processors/A100, "
-        "from NVIDIA's A100 data sheet)"),
-    GPU("H100 SXM", 989.4, "H100 SXM: BF16 matrix 989.4, 1978.9 with sparsity (https://glennklockwood.com/garden/processors/h100)"),
-    GPU("H200 (ZeroGPU)", 989.4, "H200: the H100's compute with more memory (same page); ZeroGPU: 'Nvidia H200 slice, "
-        "70GB per workload' (https://huggingface.co/docs/hub/spaces-zerogpu), taken as a whole H200's compute"),
-    GPU("RTX PRO 6000 (ZeroGPU)", 503.8, "RTX PRO 6000 Blackwell: BF16 tensor 503.8, 1,010 with sparsity "
+    GPU(
+        "A6000",
+        154.8,
+        "RTX A6000: 154.8 dense FP16/BF16 tensor, 309.7 with sparsity "
+        "(https://llmperf.net/categories/gpu/Nvidia-A6000-GPUs, from NVIDIA's and Microway's figures)",
+    ),
+    GPU(
+        "A100",
+        312.0,
+        "A100: BF16 matrix 312, 624 with sparsity (https://glennklockwood.com/garden/processors/A100, "
+        "from NVIDIA's A100 data sheet)",
+    ),
+    GPU(
+        "H100 SXM", 989.4, "H100 SXM: BF16 matrix 989.4, 1978.9 with sparsity (https://glennklockwood.com/garden/processors/h100)"
+    ),
+    GPU(
+        "H200 (ZeroGPU)",
+        989.4,
+        "H200: the H100's compute with more memory (same page); ZeroGPU: 'Nvidia H200 slice, "
+        "70GB per workload' (https://huggingface.co/docs/hub/spaces-zerogpu), taken as a whole H200's compute",
+    ),
+    GPU(
+        "RTX PRO 6000 (ZeroGPU)",
+        503.8,
+        "RTX PRO 6000 Blackwell: BF16 tensor 503.8, 1,010 with sparsity "
         "(https://hmc-tech.com/gpu/nvidia-rtx-pro-6000-blackwell-vs-amd-radeon-pro-duo-polaris); the newest "
-        "version of the ZeroGPU page names this GPU"),
+        "version of the ZeroGPU page names this GPU",
+    ),
 )
 CALIBRATION = ("videocrafter2", "paper", "A6000", 12.37)  # backbone, setting, GPU, s/frame (arXiv 2405.11473)
 ZEROGPU = "H200 (ZeroGPU)"
@@ -128,7 +146,9 @@ def settings_for(name: str) -> dict[str, FIFOConfig]:
     return out
 
 
-def count_calls(like: Backbone, config: FIFOConfig, steps: int = 4, height: int | None = None, width: int | None = None) -> dict[str, Any]:
+def count_calls(
+    like: Backbone, config: FIFOConfig, steps: int = 4, height: int | None = None, width: int | None = None
+) -> dict[str, Any]:
     """Forward passes counted while the real engine runs `like`'s geometry: before the first frame and per frame after it."""
     bb = CountingBackbone(like)
     d = bb.defaults
@@ -285,7 +305,7 @@ def fits_lease(before_first_s: float, per_frame_s: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Count, estimate and print the tables (Markdown)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="widths / 8 and 64x64 px: checks that the script runs (figures meaningless)")
+    p.add_argument("--smoke", action="store_true", help="widths / 8, 64x64 px: checks that the script runs (figures meaningless)")
     p.add_argument("--models", default=",".join(real_models()), help="comma-separated registry names (default: every real model)")
     p.add_argument("--steps", type=int, default=4, help="queue steps counted after the first frame (default 4)")
     args = p.parse_args(argv)
@@ -299,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     k, size = (8, (64, 64)) if args.smoke else (1, None)
     calls, flops, skipped = measure(models, k, args.steps, size)
-    print(f"# GPU estimate ({'smoke: widths / 8, 64x64 px' if args.smoke else 'full size, default resolutions'}); counted on {machine()}\n")
+    what = "smoke: widths / 8, 64x64 px" if args.smoke else "full size, default resolutions"
+    print(f"# GPU estimate ({what}); counted on {machine()}\n")
 
     rows = []
     for name, per in calls.items():
@@ -355,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["backbone", "setting", *[f"{g.name} s/frame" for g in GPUS], f"x paper ({cal_s} s, A6000)",
                  f"x slower than real time, {ZEROGPU}"], rows))  # fmt: skip
     print(f"\n## A ZeroGPU visitor's daily quota on the {ZEROGPU} ({NOTE})\n")
-    print(table(["backbone", "setting", "warm start s", "s to the first frame", f"fits a {LEASE_S:g}-s lease", *[f"{q}, {v / 60:g} min: frames (video)" for q, v in QUOTA_S.items()]],
+    quotas = [f"{q}, {v / 60:g} min: frames (video)" for q, v in QUOTA_S.items()]
+    print(table(["backbone", "setting", "warm start s", "s to the first frame", f"fits a {LEASE_S:g}-s lease", *quotas],
                 quota_rows))  # fmt: skip
     print("\nPeaks, dense bf16 tensor TFLOP/s:\n")
     print("\n".join(f"- {g.name}: {g.tflops:g}. {g.source}" for g in GPUS))
