@@ -127,3 +127,27 @@ def test_meta_flops_of_a_unet3d_equal_a_real_runs_with_attention_counted():
     (meta_total, meta_attn), (cpu_total, cpu_attn) = counted
     assert meta_attn > 0 and meta_total > meta_attn
     assert (meta_total, meta_attn) == (cpu_total, cpu_attn)
+
+
+def test_a_new_registry_entry_shows_up_with_its_own_passes(monkeypatch, capsys):
+    """A few-step-like entry (no guidance, 4 rungs of 4 frames) added to the registry is counted and estimated as is."""
+    import fifo
+    from fifo import BackboneDefaults, BackboneSpec
+
+    wan = fifo.BACKBONES["wan2.1-1.3b"]
+    defaults = BackboneDefaults(frames_per_window=16, partitions=1, lookahead=False, eta=0.0, guidance_scale=1.0,
+                                fps=16, height=480, width=832, frames_per_rung=4)  # fmt: skip
+    spec = BackboneSpec(name="few-step", cls=wan.cls, model_id=wan.model_id, licence=wan.licence, defaults=defaults,
+                        flow_shift=wan.flow_shift)  # fmt: skip
+    monkeypatch.setitem(fifo.BACKBONES, "few-step", spec)
+    assert "few-step" in ge.real_models()
+    c = ge.count_calls(ge.build_meta("few-step", k=8), ge.settings_for("few-step")["defaults"], steps=2, height=64, width=64)
+    assert (c["guided"], c["config"].rungs) == (False, 4)
+    assert (c["passes_per_latent"], c["passes_per_frame"]) == (0.25, 0.0625)  # n / b windows, one pass each, 4 frames a latent
+    assert ge.main(["--smoke", "--steps", "1", "--models", "videocrafter2,few-step"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| few-step ")]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    counted = next(r for r in rows if r[1] == "defaults")  # the first table: forward passes counted
+    assert counted[2:6] == ["f=16 n=1 b=4", "no", "0.25", "0.0625"]
+    assert len(rows) == 3 * len(ge.settings_for("few-step")) + 1  # passes, seconds and quota per setting; FLOPs once
