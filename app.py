@@ -37,7 +37,7 @@ from gradio.components.dataframe import DataframeData
 from fifo import BACKBONES
 from fifo.config import APP_SETTINGS, SETTING, backbone_default
 from fifo.cpu import keep_freed_memory
-from fifo_app import housekeeping, queueviz, zerogpu
+from fifo_app import driftview, housekeeping, queueviz, zerogpu
 from fifo_app.estimate import format_seconds
 from fifo_app.examples import load_examples, usable
 from fifo_app.jobs import RunError, Update
@@ -652,10 +652,12 @@ def _outputs(ui: SimpleNamespace) -> None:
         x="second",
         y="value",
         color="measure",
-        label="Drift: pixel statistics per second (1 = as in the first second; flicker score as is)",
+        label="Drift: pixel statistics per second",
         x_title="second of video",
-        y_title="ratio",
-        height=220,
+        y_title="vs 1st second (flicker: as is)",
+        color_map=driftview.COLOURS,
+        colors_in_legend=[],  # the legend is the caption: vega's one-line legend does not fit a phone
+        caption=driftview.LEGEND,
         elem_id="drift",
         min_width=160,
     )

@@ -81,7 +81,8 @@ def main() -> None:
     else:
         frames, fps = toy_frames(args.prompt, args.frames, args.seed, args.partitions)
         prompts = "; ".join(line.strip() for line in args.prompt.splitlines())
-        title = f"toy world 64x64, f = 16, n = {args.partitions}, lookahead, seed {args.seed}, {args.frames} frames\n{prompts}"
+        title = f"toy world 64x64, f = 16, n = {args.partitions}, lookahead, seed {args.seed}, {args.frames} frames"
+        title += f"\n{prompts}"
     drift = LiveDrift(fps)
     n = 0
     for f in frames:

@@ -6,11 +6,11 @@ plot, the run details, the joined MP4's metadata and the status line.
 
 The plot puts five series of very different units on one axis, so each is a ratio near 1:
 
-    flicker score              (255 - MAE) / 255 of consecutive frames, as is (1 = nothing moves)
-    brightness vs 1st second   mean luma / the first second's
-    saturation vs 1st second   mean HSV saturation / the first second's
-    sharpness vs 1st second    Laplacian variance / the first second's
-    colour vs 1st second       1 - colour_shift / 255 (1 = the first second's mean colour)
+    flicker      the flicker score (255 - MAE) / 255 of consecutive frames, as is (1 = nothing moves)
+    brightness   mean luma / the first second's
+    saturation   mean HSV saturation / the first second's
+    sharpness    Laplacian variance / the first second's
+    colour       1 - colour_shift / 255 (1 = the first second's mean colour)
 
 A ratio whose first second is 0 (a black or flat start) is 1 while the measure stays 0, and the
 cap otherwise; ratios are capped at `RATIO_CAP` so one runaway measure cannot flatten the others
@@ -34,10 +34,16 @@ import pandas as pd
 from fifo.drift import DriftMeter, SecondStats
 
 RATIO_CAP = 4.0
-FLICKER = "flicker score"
-RATIOS = (("brightness", "brightness vs 1st second"), ("saturation", "saturation vs 1st second"), ("sharpness", "sharpness vs 1st second"))
-COLOUR = "colour vs 1st second"
+FLICKER = "flicker"
+RATIOS = (("brightness", "brightness"), ("saturation", "saturation"), ("sharpness", "sharpness"))
+COLOUR = "colour"
 SERIES = (FLICKER, *(label for _, label in RATIOS), COLOUR)
+# the plot's own legend is one line that a phone cuts off: fixed colours and a legend in words instead
+COLOURS = {FLICKER: "#2563eb", "brightness": "#f59e0b", "saturation": "#dc2626", "sharpness": "#10b981", COLOUR: "#7c3aed"}
+LEGEND = (
+    "blue: flicker score, as is (1 = nothing moves) · orange: brightness · red: saturation · green: sharpness "
+    "(Laplacian variance) · purple: colour, 1 - shift/255 · all but flicker relative to the first second (1 = unchanged)"
+)
 COLUMNS = ("second", "measure", "value")
 
 
@@ -69,7 +75,8 @@ def plot_rows(seconds: Sequence[SecondStats], offset_s: float = 0.0) -> list[tup
 
 def plot_table(seconds: Sequence[SecondStats], offset_s: float = 0.0) -> pd.DataFrame:
     """The plot's value: `plot_rows` as a table with columns second, measure, value."""
-    return pd.DataFrame(plot_rows(seconds, offset_s), columns=list(COLUMNS))
+    # typed even when empty: the plot takes its axes' kinds (numbers, not categories) from the first table
+    return pd.DataFrame(plot_rows(seconds, offset_s), columns=list(COLUMNS)).astype({"second": float, "measure": str, "value": float})
 
 
 class LiveDrift:
@@ -96,10 +103,14 @@ class LiveDrift:
         self._plotted = len(self.meter.seconds)
         return plot_table(self.meter.seconds, self.from_frame / self.fps)
 
-    def first_plot(self) -> pd.DataFrame:
-        """The plot at a run's start: empty, or the whole video being extended (its partial last second too)."""
+    def first_plot(self) -> pd.DataFrame | None:
+        """The plot at a run's start: the whole video being extended (its partial last second too), or None.
+
+        None, not an empty table: the browser's plot fixes its colours to the series of the first
+        table it draws, so its first table must hold every series.
+        """
         self._plotted = len(self.meter.seconds)
-        return plot_table(self._base_seconds, self.from_frame / self.fps)
+        return plot_table(self._base_seconds, self.from_frame / self.fps) if self._base_seconds else None
 
     def new_plot(self) -> pd.DataFrame | None:
         """The plot, when a second was completed since the last one handed out; else None."""

@@ -43,9 +43,9 @@ def test_a_brightness_ramp_gives_closed_form_rows():
     assert len(rows) == 5 * len(SERIES)
     by = {(x, m): v for x, m, v in rows}
     for s in range(5):
-        assert by[(s, "brightness vs 1st second")] == pytest.approx((50 + 10 * s) / 50, rel=1e-6)
+        assert by[(s, "brightness")] == pytest.approx((50 + 10 * s) / 50, rel=1e-6)
         # grey: saturation and sharpness are 0 throughout, so their ratio stays 1 (0 / 0)
-        assert by[(s, "saturation vs 1st second")] == 1.0 and by[(s, "sharpness vs 1st second")] == 1.0
+        assert by[(s, "saturation")] == 1.0 and by[(s, "sharpness")] == 1.0
         # the mean colour moves 10 levels on each channel per second
         assert by[(s, COLOUR)] == pytest.approx(1 - math.sqrt(3) * 10 * s / 255, rel=1e-6)
         # within a second nothing changes; the pair across a second's start differs by 10 levels
@@ -63,7 +63,7 @@ def test_ratios_are_capped_and_a_zero_start_is_handled():
     d.add(np.stack(frames))
     t = d.plot()
     assert list(t.columns) == ["second", "measure", "value"]
-    b = t[t.measure == "brightness vs 1st second"].value.tolist()
+    b = t[t.measure == "brightness"].value.tolist()
     assert b == [1.0, RATIO_CAP]
 
 
@@ -76,7 +76,7 @@ def test_a_one_frame_video_has_no_flicker_row():
 
 def test_the_plot_is_handed_out_only_when_a_second_completes():
     d = LiveDrift(FPS)
-    assert d.plot().empty
+    assert d.first_plot() is None and d.plot().empty
     frames = np.stack(ramp(3))
     d.add(frames[: FPS - 1])
     assert d.new_plot() is None
@@ -174,8 +174,9 @@ def test_a_run_measures_its_video_live_and_stores_the_figures(client):
     assert d["fps"] == 12 and d["frames"] == 40 and d["from_frame"] == 0
     assert len(d["flicker"]) == 4  # 3 whole seconds and 4 frames
     # the plot grew a second at a time while the video streamed, one row per second and series
-    live = [len(plot_rows_of(plot_of(o))) for o in job.outputs() if "columns" in (plot_of(o) or {"columns": 0})]
-    assert live[0] == 0 and live[-1] == 4 * len(SERIES), live
+    live = [len(plot_rows_of(plot_of(o))) for o in job.outputs() if "columns" in (plot_of(o) or {})]
+    assert plot_of(job.outputs()[0]) is None  # a new run clears the old plot
+    assert live[0] == len(SERIES) and live[-1] == 4 * len(SERIES), live
     assert live == sorted(live) and len(set(live)) >= 3, live
     rows = plot_rows_of(plot_of(out))
     assert sorted({(r["second"], r["measure"]) for r in rows}) == sorted((float(s), m) for s in range(4) for m in SERIES)
