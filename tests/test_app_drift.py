@@ -20,7 +20,7 @@ from gradio_client import Client
 from fifo.drift import MEASURES, measure
 from fifo.video import probe_video, read_video
 from fifo_app import driftview
-from fifo_app.driftview import COLOUR, FLICKER, RATIO_CAP, SERIES, LiveDrift, plot_rows, plot_table
+from fifo_app.driftview import COLOUR, FLICKER, RATIO_CAP, SERIES, LiveDrift, plot_rows
 
 from test_app import FAST, PROMPT, free_port
 
