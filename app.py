@@ -37,7 +37,7 @@ from gradio.components.dataframe import DataframeData
 from fifo import BACKBONES
 from fifo.config import APP_SETTINGS, SETTING, backbone_default
 from fifo.cpu import keep_freed_memory
-from fifo_app import housekeeping, queueviz, zerogpu
+from fifo_app import driftview, housekeeping, queueviz, zerogpu
 from fifo_app.estimate import format_seconds
 from fifo_app.examples import load_examples, usable
 from fifo_app.jobs import RunError, Update
@@ -161,8 +161,23 @@ def _status_html(u: Update | None, idle: str = "Press <b>Generate</b> to make a 
     return (
         f'<div class="fifo-status"><div class="fifo-line"><b>{head}</b></div>'
         f'<div class="fifo-bar"><div style="width:{100 * min(max(frac, 0), 1):.1f}%;background:{colour}"></div></div>'
-        f'<div class="fifo-line fifo-muted">{" · ".join(bits)}</div></div>'
+        f'<div class="fifo-line fifo-muted">{" · ".join(bits)}</div>{_drift_summary(u)}</div>'
     )
+
+
+def _drift_summary(u: Update) -> str:
+    """The finished video's pixel statistics in one line (first vs last second), or nothing."""
+    drift = u.result.drift if u.result is not None else None
+    if drift is None:
+        return ""
+    return f'<div class="fifo-line fifo-muted" id="drift-summary">{html.escape(drift.summary_line())}</div>'
+
+
+def _drift_value(u: Update, first: bool = False) -> Any:
+    """The drift plot's table when it gained a second; a new run's first update clears the old plot."""
+    if u.drift_plot is not None:
+        return u.drift_plot
+    return None if first else gr.skip()
 
 
 def _queue_image(u: Update) -> Any:
@@ -188,16 +203,16 @@ def _cleared(u: Update) -> Any:
 
 
 def _stream(updates: Iterator[Update], request: gr.Request | None) -> Iterator[tuple]:
-    """Map a run's Updates onto the generate outputs: video, mp4, state, status, queue, link, details."""
+    """Map a run's Updates onto the generate outputs: video, mp4, state, status, queue, link, drift plot, details."""
     first = True
     for u in updates:
         if first:  # a new run: clear the previous one's results
             first = False
-            yield _cleared(u), None, None, _status_html(u), gr.skip(), "", u.as_dict()
+            yield _cleared(u), None, None, _status_html(u), gr.skip(), "", _drift_value(u, first=True), u.as_dict()
             continue
         r = u.result
         if r is None:
-            yield _video_value(u), gr.skip(), gr.skip(), _status_html(u), _queue_image(u), gr.skip(), u.as_dict()
+            yield _video_value(u), gr.skip(), gr.skip(), _status_html(u), _queue_image(u), gr.skip(), _drift_value(u), u.as_dict()
         else:
             link = (
                 _share_url(request, r.settings.to_query())
@@ -211,6 +226,7 @@ def _stream(updates: Iterator[Update], request: gr.Request | None) -> Iterator[t
                 _status_html(u),
                 _queue_image(u),
                 link,
+                _drift_value(u),
                 u.as_dict(),
             )
 
@@ -631,6 +647,20 @@ def _outputs(ui: SimpleNamespace) -> None:
         height=170,
         buttons=["fullscreen"],
     )
+    ui.drift_plot = gr.LinePlot(
+        None,
+        x="second",
+        y="value",
+        color="measure",
+        label="Drift: pixel statistics per second",
+        x_title="second of video",
+        y_title="vs 1st second (flicker: as is)",
+        color_map=driftview.COLOURS,
+        colors_in_legend=[],  # the legend is the caption: vega's one-line legend does not fit a phone
+        caption=driftview.LEGEND,
+        elem_id="drift",
+        min_width=160,
+    )
     with gr.Row():
         ui.mp4_file = gr.File(label="Whole video (MP4)", interactive=False, elem_id="mp4", height=90)
         ui.state_file = gr.File(label="Queue state, to continue later", interactive=False, height=90)
@@ -755,7 +785,7 @@ def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
     """The main tab's events: generate, extend, continue and stop, estimates, backbone changes, examples."""
     # the order of generate's published parameters: core, each declared setting, the schedule table
     gen_inputs = _gen_inputs(ui)
-    gen_outputs = [ui.video, ui.mp4_file, ui.state_file, ui.status, ui.queue_img, ui.share, ui.details]
+    gen_outputs = [ui.video, ui.mp4_file, ui.state_file, ui.status, ui.queue_img, ui.share, ui.drift_plot, ui.details]
     # while queued, Gradio's own "queue: 2/3" line shows on the progress panel
     gpu = {"concurrency_id": "gpu", "concurrency_limit": GPU_SLOTS, "show_progress": "minimal", "show_progress_on": [ui.status]}
     est_inputs = _est_inputs(ui)

@@ -26,7 +26,7 @@ from fifo.engine import Step
 from fifo.parallel import PipelinedFIFOStream
 from fifo.video import ChunkWriter
 
-from . import media, zerogpu
+from . import driftview, media, zerogpu
 from .estimate import LEASE_OVERHEAD_S, RateBook, next_lease, work_for
 from .models import MANAGER, LoadError
 from .sessions import StopFlag, VideoRecord
@@ -274,6 +274,7 @@ class Result:
     leases: int
     timings: list[dict[str, Any]]  # per track: label, seconds per frame
     chunks: list[Path] = field(default_factory=list)  # the MP4's chunks, in order (what Extend builds on)
+    drift: driftview.LiveDrift | None = None  # per-second pixel statistics of the whole video (None: a comparison)
 
 
 @dataclass
@@ -295,6 +296,7 @@ class Update:
     result: Result | None = None
     note: str = ""
     base_frames: int = 0  # frames of the video this run continues (Extend)
+    drift_plot: Any = None  # the drift plot's table when it gained a second (driftview.plot_table); None: unchanged
 
     def as_dict(self) -> dict[str, Any]:
         """The machine-readable progress an API client sees."""
@@ -319,6 +321,8 @@ class Update:
                 share_query=r.settings.to_query() if r.settings else None,
                 timings=r.timings,
             )
+            if r.drift is not None:
+                d["pixel_stats"] = r.drift.details()
         if self.note:
             d["note"] = self.note
         return d
@@ -376,11 +380,15 @@ class _Output:
         self.written = 0
         self.previews: list[Path] = []
         self._chunks_at_preview = 0
+        base = job.base
+        self.drift = driftview.for_video(job.fps, len(job.tracks), base.frames if base else 0, getattr(base, "drift", None))
 
     def add(self, track: int, frames: np.ndarray) -> Path | None:
         """Write a track's new frames; returns the last chunk they completed, if any."""
         chunk = None
         if len(self.job.tracks) == 1:
+            if self.drift is not None:
+                self.drift.add(frames)
             for f in frames:
                 chunk = self._write(f) or chunk
             return chunk
@@ -624,6 +632,7 @@ def run_job(
             base_frames=progress.base_frames,
         )
         first.chunk = out.base_stream()
+        first.drift_plot = out.drift.first_plot() if out.drift is not None else None
         yield first
         work_of = lambda: _lease_work(job, leases.specs, leases.made, plan, rates, stop, lease_limit_s)
         for ev in leases.events(work_of):
@@ -639,6 +648,7 @@ def run_job(
             phase = "warming up" if ev.warming_up and out.written == 0 else "generating"
             u = progress.update(phase, out.written, chunk, preview)
             if u is not None:
+                u.drift_plot = out.drift.new_plot() if out.drift is not None else None
                 yield u
         yield from _finish(job, out, progress, leases)
     except BaseException:
@@ -665,6 +675,9 @@ def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Ite
         if settings_out is not None
         else {"comment": "made by the fifo-video app, continued from an uploaded state"}
     )
+    if out.drift is not None:
+        out.drift.finish()
+        meta.update(out.drift.metadata())
     name = job.name(total) if callable(job.name) else job.name
     mp4 = out.finish(name, meta)
     specs = leases.specs
@@ -674,7 +687,9 @@ def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Ite
         specs[0].state.save(state_path)
     elapsed = progress.elapsed()
     timings = [{"label": t.label, "seconds_per_frame": round(elapsed / max(written, 1) / len(specs), 4)} for t in specs]
-    result = Result(mp4, total, written, settings_out, state_path, leases.stopped, elapsed, progress.leases, timings, out.chunks)
+    result = Result(
+        mp4, total, written, settings_out, state_path, leases.stopped, elapsed, progress.leases, timings, out.chunks, out.drift
+    )
     yield Update(
         "stopped" if leases.stopped else "done",
         written,
@@ -688,6 +703,7 @@ def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Ite
         preview_mp4=mp4 if job.progressive_mp4 else None,
         result=result,
         base_frames=progress.base_frames,
+        drift_plot=out.drift.plot() if out.drift is not None else None,
     )
     if failure is not None:
         raise RunError(_failure_message(failure, job, written))

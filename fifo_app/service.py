@@ -166,6 +166,7 @@ class Service:
                         state_path=r.state_path,
                         mp4=r.mp4,
                         reproducible=r.settings is not None,
+                        drift=r.drift,
                     )
                     if old is not None and old.folder == job.folder:  # an extension: the old files are superseded
                         for p in (old.mp4, old.state_path):

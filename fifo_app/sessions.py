@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .settings import RunSettings
 
@@ -58,6 +59,7 @@ class VideoRecord:
     state_path: Path | None  # the FIFOState after its last frame
     mp4: Path
     reproducible: bool = True  # its settings remake it from scratch (not so when continued from an upload)
+    drift: Any = None  # its per-second pixel statistics, kept open for Extend (fifo_app.driftview.LiveDrift)
 
 
 @dataclass

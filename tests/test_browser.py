@@ -260,3 +260,49 @@ def test_a_queued_visitor_sees_the_queue_position(url, browser):
     finally:
         first.close()
         second.close()
+
+
+DRIFT_POINTS = """() => [...document.querySelectorAll('#drift svg .mark-line path')]
+    .map(p => ((p.getAttribute('d') || '').match(/[ML]/g) || []).length)"""
+
+
+def test_the_drift_plot_grows_while_the_video_streams(url, browser, tmp_path):
+    """The drift plot gains a point per series as each second completes; it fits a phone without sideways scrolling."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(url)
+        page.wait_for_selector("#generate", timeout=60_000)
+        page.locator("#prompt textarea").fill("0: a red ball moving right\n30: a blue square moving down fast")
+        page.locator("#length input").fill("5")
+        page.locator("#generate").click()
+        seen: list[int] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            points = page.evaluate(DRIFT_POINTS)
+            if len(points) == 5 and (not seen or max(points) > seen[-1]):
+                seen.append(max(points))
+            if "Done" in page.locator("#status").inner_text() and seen and seen[-1] == 5:
+                break
+            time.sleep(0.2)
+        assert len(seen) >= 2 and seen == sorted(seen) and seen[-1] == 5, f"points per series seen: {seen}"
+        assert "pixel statistics, first vs last of 5 seconds" in page.locator("#drift-summary").inner_text()
+        page.evaluate("document.querySelector('#drift').scrollIntoView({block: 'center'})")
+        page.wait_for_timeout(500)
+        shoot(page, "app-drift.png", tmp_path)
+    finally:
+        page.close()
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    try:
+        phone.goto(url)
+        phone.wait_for_selector("#generate", timeout=60_000)
+        phone.locator("#prompt textarea").fill("a yellow square moving down-left fast")
+        phone.locator("#length input").fill("2")
+        phone.locator("#generate").click()
+        phone.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')", timeout=120_000)
+        phone.wait_for_function(f"({DRIFT_POINTS})().length === 5", timeout=10_000)
+        phone.locator("#drift").scroll_into_view_if_needed()
+        b = box(phone, "#drift")
+        assert b["x"] >= 0 and b["x"] + b["width"] <= 390 and b["height"] >= 150, f"the drift plot does not fit: {b}"
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390, "the page scrolls sideways"
+    finally:
+        phone.close()
