@@ -345,7 +345,7 @@ def change_prompt(prompt: str, entry: str = "tail", request: gr.Request = None) 
 
 
 def change_prompt_button(prompt: str, request: gr.Request = None) -> None:
-    """The 'Change prompt now' button: `change_prompt` at the tail, answered in a toast."""
+    """The 'Change prompt' button: `change_prompt` at the tail, answered in a toast."""
     gr.Info(change_prompt(prompt, "tail", request)["message"])
 
 
@@ -561,7 +561,7 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
     )
     with gr.Row():
         ui.generate_btn = gr.Button("Generate", variant="primary", scale=3, elem_id="generate", min_width=100)
-        ui.steer_btn = gr.Button("Change prompt now", scale=2, elem_id="change-prompt", interactive=False, min_width=100)
+        ui.steer_btn = gr.Button("Change prompt", scale=2, elem_id="change-prompt", interactive=False, min_width=100)
         ui.stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False, min_width=60)
     ui.examples_row = gr.Column(elem_id="examples")
     with gr.Row():

@@ -661,14 +661,23 @@ def _steered(job: Job, leases: _Leases, ev: StepEvent, progress: _Progress, writ
     """Record the prompt changes a lease reports; the next lease makes its stream from the recorded schedule."""
     if job.steer is None or not ev.prompt_changes:
         return False
-    job.steer.record(ev.prompt_changes, progress.base_frames + written, progress.tick.seconds_per_frame())
+    job.steer.record(ev.prompt_changes, progress.base_frames + written, *_pace(progress))
     spec = leases.specs[ev.track]
     spec.settings = replace(spec.settings, prompt=job.steer.prompt)
     return True
 
 
 def _steer_note(job: Job, progress: _Progress, written: int) -> str:
-    return job.steer.status(progress.base_frames + written, progress.tick.seconds_per_frame()) if job.steer else ""
+    return job.steer.status(progress.base_frames + written, *_pace(progress)) if job.steer else ""
+
+
+def _pace(progress: _Progress) -> tuple[float, bool]:
+    """Seconds per frame: measured (True) once the clock has seen enough frames, else the estimate's."""
+    spf = progress.tick.seconds_per_frame()
+    if spf is not None:
+        return spf, True
+    p = progress.plan
+    return progress.rates.estimate(p.backbone, p.area, p.config, p.work, len(progress.job.tracks)).seconds_per_frame, False
 
 
 def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Iterator[Update]:

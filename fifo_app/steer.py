@@ -183,12 +183,12 @@ class Steering:
                 raise InputError("this page's run is ending: press Extend with the new prompt to go on with it") from None
             return self.sent
 
-    def record(self, changes: tuple[PromptChange, ...], on_screen: int, seconds_per_frame: float | None) -> None:
+    def record(self, changes: tuple[PromptChange, ...], on_screen: int, seconds_per_frame: float, measured: bool) -> None:
         """The lease's outcomes: taken changes join the run's schedule; anyone waiting is told when they show."""
         with self._cond:
             for c in changes:
                 self.outcomes[c.id] = c
-                self.messages[c.id] = c.refused or when(c, on_screen, seconds_per_frame)
+                self.messages[c.id] = c.refused or when(c, on_screen, seconds_per_frame, measured)
                 self.reported = max(self.reported, c.id)
                 if c.frame is not None:
                     self.prompt = c.schedule
@@ -215,31 +215,29 @@ class Steering:
         """The run's settings with the changes recorded in their prompt schedule."""
         return None if settings is None else replace(settings, prompt=self.prompt)
 
-    def status(self, on_screen: int, seconds_per_frame: float | None) -> str:
+    def status(self, on_screen: int, seconds_per_frame: float, measured: bool) -> str:
         """One line for the status panel: when the latest change reaches the screen, or what came too late."""
         if self.late:
             return f"'{self.late[-1][:60]}' came as the run ended and was not used: press Extend with it"
         if not self.taken:
             return ""
-        return when(self.taken[-1], on_screen, seconds_per_frame)
+        return when(self.taken[-1], on_screen, seconds_per_frame, measured)
 
 
-def when(change: PromptChange, on_screen: int, seconds_per_frame: float | None) -> str:
-    """'moving up' takes over at frame 97 (in about 4 s at the current speed)."""
+def when(change: PromptChange, on_screen: int, seconds_per_frame: float, measured: bool) -> str:
+    """'moving up' takes over at frame 97 (in about 4 s at the current speed): frames to go times seconds per frame."""
     frame, left = change.frame, change.frame - on_screen
-    head = f"'{change.prompt[:60]}' takes over at frame {frame}"
     if left <= 0:
         return f"'{change.prompt[:60]}' took over at frame {frame}"
-    if seconds_per_frame:
-        return f"{head} (in about {format_seconds(left * seconds_per_frame)} at the current speed)"
-    return f"{head} ({left} frames from now)"
+    pace = "at the current speed" if measured else "by the estimate"
+    return f"'{change.prompt[:60]}' takes over at frame {frame} (in about {format_seconds(left * seconds_per_frame)} {pace})"
 
 
 def ask(steering: Steering | None, prompt: Any, entry: Any, check: Callable[[str], None]) -> dict[str, Any]:
     """A visitor's change: validated, sent to the running lease, answered with the frame it takes over from."""
     text, entry = check_prompt(prompt, entry)
     if steering is None:
-        raise InputError("nothing is running on this page: a prompt change steers a video while it is being made")
+        raise InputError("nothing is running on this page: a prompt change steers a video while Generate, Extend or Continue makes it")
     check(text)
     rid = steering.request(text, entry)
     change = steering.wait(rid)
