@@ -103,7 +103,7 @@ def apply_change(stream: FIFOStream, rid: int, prompt: str, entry: str, end: int
     try:
         frame = stream.entry_frame(entry)
         if frame >= end:
-            return PromptChange(rid, prompt, None, before, too_late(prompt, frame, end))
+            return PromptChange(rid, prompt, None, before, too_late(frame, end))
         frame = stream.change_prompt(prompt, frame=frame)
     except ValueError as e:  # a prompt the backbone refuses: the run goes on with the old one
         return PromptChange(rid, prompt, None, before, str(e))
@@ -113,10 +113,10 @@ def apply_change(stream: FIFOStream, rid: int, prompt: str, entry: str, end: int
     return PromptChange(rid, prompt, frame, after)
 
 
-def too_late(prompt: str, frame: int, end: int) -> str:
+def too_late(frame: int, end: int) -> str:
     """The refusal of a change that would only take over after the run's last frame."""
     return (
-        f"too late for this run: '{prompt}' would take over at frame {frame}, and the run ends at frame {end - 1}. "
+        f"too late for this run: it would take over at frame {frame}, and the run ends at frame {end - 1}. "
         "Press Extend with the new prompt to go on with it"
     )
 
@@ -152,6 +152,8 @@ class Steering:
         self.messages: dict[int, str] = {}  # what the visitor is told of each
         self.taken: list[PromptChange] = []
         self.late: list[str] = []
+        self.last: PromptChange | None = None  # the latest outcome reported
+        self.on_screen = start  # video frames made so far, as of the latest status
         self.closed = False
         self._cond = threading.Condition()
 
@@ -170,7 +172,7 @@ class Steering:
             entries = PromptSchedule.parse(self.prompt).entries
             if len(entries) >= MAX_SCHEDULE_ENTRIES:
                 raise InputError(f"the run's prompt schedule holds {len(entries)} entries, the most allowed")
-            if entries[-1][1] == prompt and self.sent == self.reported:
+            if entries[-1] == (min(entries[-1][0], self.on_screen), prompt) and self.sent == self.reported:
                 raise InputError(f"'{prompt[:80]}' is already the prompt being made: type a different one")
             self.sent += 1
             tmp = self.folder / f".{self.sent:06d}.{secrets.token_hex(4)}.part"
@@ -186,8 +188,10 @@ class Steering:
     def record(self, changes: tuple[PromptChange, ...], on_screen: int, seconds_per_frame: float, measured: bool) -> None:
         """The lease's outcomes: taken changes join the run's schedule; anyone waiting is told when they show."""
         with self._cond:
+            self.on_screen = on_screen
             for c in changes:
                 self.outcomes[c.id] = c
+                self.last = c
                 self.messages[c.id] = c.refused or when(c, on_screen, seconds_per_frame, measured)
                 self.reported = max(self.reported, c.id)
                 if c.frame is not None:
@@ -217,8 +221,11 @@ class Steering:
 
     def status(self, on_screen: int, seconds_per_frame: float, measured: bool) -> str:
         """One line for the status panel: when the latest change reaches the screen, or what came too late."""
+        self.on_screen = on_screen
         if self.late:
             return f"'{self.late[-1][:60]}' came as the run ended and was not used: press Extend with it"
+        if self.last is not None and self.last.frame is None:
+            return f"'{self.last.prompt[:60]}' was not used: {self.last.refused}"
         if not self.taken:
             return ""
         return when(self.taken[-1], on_screen, seconds_per_frame, measured)

@@ -240,3 +240,32 @@ def test_requests_are_read_whole_and_in_order(tmp_path):
     assert steer.read_requests(str(tmp_path / "steer"), 0) == [(1, UP, "tail"), (2, LEFT, "tail")]
     assert steer.read_requests(str(tmp_path / "steer"), 1) == [(2, LEFT, "tail")]
     assert steer.read_requests(str(tmp_path / "missing"), 0) == []
+
+
+def test_entry_frame_is_the_frame_a_change_takes():
+    import fifo
+    from fifo.backbones.toy import ToyBackbone
+
+    s = fifo.FIFOStream(ToyBackbone(height=64, width=64), RIGHT, fifo.FIFOConfig(partitions=1), seed=1)
+    list(s.frames(10))
+    head, tail = s.entry_frame("head"), s.entry_frame("tail")
+    assert 10 < head < tail == 10 + 16 - 1  # the tail: the newest frame of the next step's queue (L = 16)
+    assert s.change_prompt(UP, entry="head") == head and s.change_prompt(LEFT) == tail
+    with pytest.raises(ValueError, match="entry='middle'"):
+        s.entry_frame("middle")
+
+
+def test_the_status_line_follows_the_latest_change(tmp_path):
+    s = settings.parse_inputs(RIGHT, "", "toy", 100, "frames", 2, False)
+    st = steer.Steering(tmp_path / "steer", s, 0, 100)
+    st.request(UP, "tail")
+    st.record((steer.PromptChange(1, UP, 40, f"0: {RIGHT}\n40: {UP}"),), 20, 0.5, True)
+    assert st.messages[1] == f"'{UP}' takes over at frame 40 (in about 10 s at the current speed)"
+    assert st.status(30, 0.25, False) == f"'{UP}' takes over at frame 40 (in about 2.5 s by the estimate)"
+    assert st.status(40, 0.25, True) == f"'{UP}' took over at frame 40"
+    with pytest.raises(settings.InputError, match="already the prompt being made"):
+        st.request(UP, "tail")
+    st.request(LEFT, "tail")
+    st.record((steer.PromptChange(2, LEFT, None, st.prompt, "too late for this run"),), 95, 0.5, True)
+    assert st.status(95, 0.5, True) == f"'{LEFT}' was not used: too late for this run"
+    assert st.prompt == f"0: {RIGHT}\n40: {UP}" and st.settings(s).prompt == st.prompt
