@@ -109,7 +109,7 @@ def apply_change(stream: FIFOStream, rid: int, prompt: str, entry: str, end: int
         return PromptChange(rid, prompt, None, before, str(e))
     after = stream.schedule.to_text()
     if after == before:
-        return PromptChange(rid, prompt, None, before, f"'{prompt}' is already the prompt from frame {frame} on")
+        return PromptChange(rid, prompt, None, before, f"'{prompt[:60]}' is already the prompt from frame {frame} on")
     return PromptChange(rid, prompt, frame, after)
 
 
@@ -228,7 +228,10 @@ class Steering:
             return f"'{self.last.prompt[:60]}' was not used: {self.last.refused}"
         if not self.taken:
             return ""
-        return when(self.taken[-1], on_screen, seconds_per_frame, measured)
+        last = self.taken[-1]
+        if self.closed and last.frame > on_screen:  # stopped before it showed: recorded, so Extend goes on with it
+            return f"'{last.prompt[:60]}' takes over at frame {last.frame}, after this video's end: Extend goes on with it"
+        return when(last, on_screen, seconds_per_frame, measured)
 
 
 def when(change: PromptChange, on_screen: int, seconds_per_frame: float, measured: bool) -> str:
@@ -244,14 +247,17 @@ def ask(steering: Steering | None, prompt: Any, entry: Any, check: Callable[[str
     """A visitor's change: validated, sent to the running lease, answered with the frame it takes over from."""
     text, entry = check_prompt(prompt, entry)
     if steering is None:
-        raise InputError("nothing is running on this page: a prompt change steers a video while Generate, Extend or Continue makes it")
+        raise InputError(
+            "nothing is running on this page: a prompt change steers a video while Generate, Extend or Continue makes it"
+        )
     check(text)
     rid = steering.request(text, entry)
     change = steering.wait(rid)
     if change is None and steering.closed:
         raise InputError(f"the run ended before '{text[:60]}' could enter it: press Extend with it to go on with it")
     if change is None:
-        return {"prompt": text, "frame": None, "message": f"'{text[:60]}' is on its way into the queue: the status line says when it takes over"}
+        message = f"'{text[:60]}' is on its way into the queue: the status line says when it takes over"
+        return {"prompt": text, "frame": None, "message": message}
     if change.frame is None:
         raise InputError(change.refused)
     return {"prompt": text, "frame": change.frame, "message": steering.messages[rid]}

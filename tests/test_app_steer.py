@@ -269,3 +269,10 @@ def test_the_status_line_follows_the_latest_change(tmp_path):
     st.record((steer.PromptChange(2, LEFT, None, st.prompt, "too late for this run"),), 95, 0.5, True)
     assert st.status(95, 0.5, True) == f"'{LEFT}' was not used: too late for this run"
     assert st.prompt == f"0: {RIGHT}\n40: {UP}" and st.settings(s).prompt == st.prompt
+
+    # stopped before the change showed: it stays recorded, and Extend goes on with it
+    stopped = steer.Steering(tmp_path / "stopped", s, 0, 100)
+    stopped.request(UP, "tail")
+    stopped.record((steer.PromptChange(1, UP, 40, f"0: {RIGHT}\n40: {UP}"),), 20, 0.5, True)
+    stopped.close()
+    assert stopped.status(30, 0.5, True) == f"'{UP}' takes over at frame 40, after this video's end: Extend goes on with it"
