@@ -19,7 +19,7 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from fifo import FIFOState
@@ -99,6 +99,10 @@ def test_a_change_mid_stream_is_recorded_at_its_frame_and_the_link_remakes_the_v
     assert np.array_equal(read_video(again[1]), steered)
     whole = client.predict(schedule, length=132, length_unit="frames", seed=7, **FAST, api_name="/generate")
     assert np.abs(read_video(whole[1]).astype(int) - longer.astype(int)).mean() < 1.0  # up to the encoder's chunk cuts
+
+    # Continue goes on from the saved state with the schedule it records
+    cont = client.predict(handle_file(out[2]), "", 12, "frames", api_name="/continue_state")
+    assert FIFOState.load(cont[2]).meta["prompt"] == schedule
 
     # the change made a difference from its frame on, and none to the frames out before it was asked
     plain = read_video(client.predict(RIGHT, length=120, length_unit="frames", seed=7, **FAST, api_name="/generate")[1])

@@ -272,7 +272,7 @@ def test_the_prompt_changes_while_the_video_streams(url, browser, tmp_path):
         page.wait_for_selector("#generate", timeout=60_000)
         assert page.locator("#change-prompt").is_disabled()  # nothing to steer yet
         page.locator("#prompt textarea").fill("a red ball moving right")
-        page.locator("#length input").fill("14")
+        page.locator("#length input").fill("24")  # long enough that the change lands well before the end
         page.locator("#generate").click()
         page.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=60_000)
         assert page.locator("#change-prompt").is_enabled()
