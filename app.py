@@ -346,6 +346,25 @@ def stop(request: gr.Request = None) -> str:
     return "nothing to stop"
 
 
+def change_prompt(prompt: str, entry: str = "tail", request: gr.Request = None) -> dict:
+    """Change the prompt of this page's running video (Generate, Extend or Continue) without a restart.
+
+    The new prompt enters the queue at its `entry` ("tail": the newest frame, so it sweeps through the
+    whole queue; "head": the earliest frame no window has read, about half a window sooner) and is
+    recorded in the run's prompt schedule at the frame it takes over from, so the share link remakes
+    the video. Returns {"prompt", "frame", "message"}; "frame" is None while the change is on its way.
+    """
+    try:
+        return SERVICE.change_prompt(_sid(request), prompt, entry)
+    except InputError as e:
+        raise gr.Error(plain_message(str(e)), title="The prompt was not changed", print_exception=False) from None
+
+
+def change_prompt_button(prompt: str, request: gr.Request = None) -> None:
+    """The 'Change prompt' button: `change_prompt` at the tail, answered in a toast."""
+    gr.Info(change_prompt(prompt, "tail", request)["message"])
+
+
 def stop_button(request: gr.Request = None) -> None:
     """The Stop buttons: `stop`, with nothing to show but a toast."""
     if stop(request) != "stopping":
@@ -558,6 +577,7 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
     )
     with gr.Row():
         ui.generate_btn = gr.Button("Generate", variant="primary", scale=3, elem_id="generate", min_width=100)
+        ui.steer_btn = gr.Button("Change prompt", scale=2, elem_id="change-prompt", interactive=False, min_width=100)
         ui.stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False, min_width=60)
     ui.examples_row = gr.Column(elem_id="examples")
     with gr.Row():
@@ -759,6 +779,15 @@ def _running(run: gr.Button, stop: gr.Button, *others: gr.Button) -> tuple[dict,
     return {"fn": busy, "outputs": outs, **PRIVATE}, {"fn": idle, "outputs": outs, **PRIVATE}
 
 
+def _with_steer(busy: dict, idle: dict, steer_btn: gr.Button) -> tuple[dict, dict]:
+    """The run buttons' states, with the prompt-change button on only while a run goes."""
+    on, off = busy["fn"], idle["fn"]
+    return (
+        {**busy, "fn": lambda: (*on(), gr.update(interactive=True)), "outputs": [*busy["outputs"], steer_btn]},
+        {**idle, "fn": lambda: (*off(), gr.update(interactive=False)), "outputs": [*idle["outputs"], steer_btn]},
+    )
+
+
 def _wire_compare(c: SimpleNamespace) -> None:
     busy, idle = _running(c.run, c.stop)
     gpu = {"concurrency_id": "gpu", "concurrency_limit": GPU_SLOTS, "show_progress": "minimal", "show_progress_on": [c.status]}
@@ -800,7 +829,7 @@ def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
     )
     refresh = {"fn": estimate, "inputs": est_inputs, "outputs": ui.estimate_md, **PRIVATE}
     seed_back = {"fn": seed_used, "inputs": [ui.details, ui.seed], "outputs": ui.seed, **PRIVATE}
-    busy, idle = _running(ui.generate_btn, ui.stop_btn, ui.extend_btn, ui.continue_btn)
+    busy, idle = _with_steer(*_running(ui.generate_btn, ui.stop_btn, ui.extend_btn, ui.continue_btn), ui.steer_btn)
     runs = [
         (ui.generate_btn.click, generate, gen_inputs, "generate"),
         (ui.extend_btn.click, extend, [ui.prompt, ui.extend_len, ui.extend_unit, ui.schedule], "extend"),
@@ -818,6 +847,8 @@ def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
             ex.load_input_event.then(**busy).then(generate, gen_inputs, gen_outputs, api_visibility="private", **gpu).then(**idle)
     ui.stop_btn.click(stop_button, None, None, api_name="stop_button_0", **PRIVATE)
     gr.api(stop, api_name="stop", queue=False)
+    ui.steer_btn.click(change_prompt_button, ui.prompt, None, api_name="change_prompt_button", **PRIVATE)
+    gr.api(change_prompt, api_name="change_prompt", queue=False)
     ui.backbone.input(on_backbone, ui.backbone, [*ui.options.values(), ui.defaults_md], **PRIVATE)
     ui.backbone.input(lambda name: gr.update(choices=preset_choices(name), value=None) if name in BACKBONES else gr.skip(),
                       ui.backbone, ui.preset, **PRIVATE)  # fmt: skip

@@ -414,6 +414,20 @@ class FIFOStream:
     def _earliest_frame(self) -> int:
         return _first_unread_frame(self.config, self._claimed, self.warmup, self._primed, self.backbone.temporal_compression)
 
+    def entry_frame(self, entry: str = "tail") -> int:
+        """The video frame a `change_prompt(..., entry=entry)` made now would take effect from."""
+        if entry not in ENTRY_POINTS:
+            raise ValueError(f"entry={entry!r}: allowed are {ENTRY_POINTS}")
+        with self._steer_lock:
+            return self._entry_frame(entry)
+
+    def _entry_frame(self, entry: str) -> int:
+        earliest = self._earliest_frame()
+        if entry == "head":
+            return earliest
+        tail = (self._claimed + 1) * self.b + self.L - 1  # the newest frame of the next step's queue
+        return max(earliest, self._video_frame_of(tail))
+
     def change_prompt(self, prompt: str, frame: int | None = None, entry: str = "tail", blend: int = 0) -> int:
         """Add a schedule entry while the stream runs (thread-safe, between steps); returns its video frame.
 
@@ -440,8 +454,7 @@ class FIFOStream:
         with self._steer_lock:
             earliest = self._earliest_frame()
             if frame is None:
-                tail = (self._claimed + 1) * self.b + self.L - 1  # the newest frame of the next step's queue
-                frame = earliest if entry == "head" else max(earliest, self._video_frame_of(tail))
+                frame = self._entry_frame(entry)
             elif isinstance(frame, bool) or not isinstance(frame, int) or frame < earliest:
                 read = earliest - 1
                 raise ValueError(f"frame={frame!r}: the run has read the prompts up to frame {read}; give a frame >= {earliest}")

@@ -31,6 +31,7 @@ from .estimate import LEASE_OVERHEAD_S, RateBook, next_lease, work_for
 from .models import MANAGER, LoadError
 from .sessions import StopFlag, VideoRecord
 from .settings import RunSettings
+from .steer import PromptChange, Steerer, Steering, SteerWork
 
 log = logging.getLogger("fifo_app")
 
@@ -65,6 +66,7 @@ class LeaseWork:
     duration_s: int  # asked of ZeroGPU (read by `lease_duration`)
     stop_file: str
     preview_every_s: float = 1.0  # the queue picture: often enough to watch, rarely enough to stay cheap
+    steer: SteerWork | None = None  # prompt changes sent while the run streams (one-track runs)
 
 
 @dataclass
@@ -92,6 +94,7 @@ class StepEvent:
     windows: int
     frames: np.ndarray | None  # (N, H, W, 3) uint8 decoded at this step
     queue: QueueSnapshot | None
+    prompt_changes: tuple[PromptChange, ...] = ()  # requests taken (or refused) after this step, before the next
 
 
 @dataclass
@@ -193,6 +196,7 @@ def _step_tracks(work: LeaseWork, streams: list[FIFOStream], steps: list[Iterato
     live = list(range(len(streams)))
     last_view = [-math.inf] * len(streams)
     recent: deque[float] = deque(maxlen=8)  # seconds of the latest rounds (all tracks together)
+    steerer = Steerer(work.steer) if work.steer is not None else None
     while live:
         if _stopped(work.stop_file):
             return "stopped"
@@ -209,7 +213,10 @@ def _step_tracks(work: LeaseWork, streams: list[FIFOStream], steps: list[Iterato
             if st.stepped and time.monotonic() - last_view[i] >= work.preview_every_s:
                 last_view[i] = time.monotonic()
                 view = _snapshot(streams[i])
-            yield _event(i, streams[i], st, view)
+            ev = _event(i, streams[i], st, view)
+            if steerer is not None and i == 0:  # between two steps of the stream, on its own thread
+                ev.prompt_changes = steerer.poll(streams[0])
+            yield ev
         if round_s:
             recent.append(round_s)
     return "done"
@@ -343,6 +350,7 @@ class Job:
     save_state: bool = True
     labels: list[str] = field(default_factory=list)
     chunk_prefix: str = "chunk-"  # an extension writes into its base's folder, under a new prefix
+    steer: Steering | None = None  # prompt changes while it streams (one-track runs)
 
 
 class _Clock:
@@ -543,7 +551,8 @@ def _lease_work(
         n, duration = next_lease(est, left, lease_limit_s, END_MARGIN_S)
         wanted = [min(x, n) for x in wanted]
         budget = duration - LEASE_OVERHEAD_S
-    return LeaseWork([replace(s) for s in specs], wanted, budget, duration, str(stop.path))
+    steer = job.steer.work() if job.steer is not None else None
+    return LeaseWork([replace(s) for s in specs], wanted, budget, duration, str(stop.path), steer=steer)
 
 
 def _quota_or_error(e: Exception) -> LeaseFailure:
@@ -646,14 +655,39 @@ def run_job(
                 progress.frames(out.written)
             preview = out.progressive() if job.progressive_mp4 and chunk is not None else None
             phase = "warming up" if ev.warming_up and out.written == 0 else "generating"
-            u = progress.update(phase, out.written, chunk, preview)
+            steered = _steered(job, leases, ev, progress, out.written)
+            u = progress.update(phase, out.written, chunk, preview, force=steered)
             if u is not None:
                 u.drift_plot = out.drift.new_plot() if out.drift is not None else None
+                u.note = _steer_note(job, progress, out.written)
                 yield u
         yield from _finish(job, out, progress, leases)
     except BaseException:
         out.writer.abort()
         raise
+
+
+def _steered(job: Job, leases: _Leases, ev: StepEvent, progress: _Progress, written: int) -> bool:
+    """Record the prompt changes a lease reports; the next lease makes its stream from the recorded schedule."""
+    if job.steer is None or not ev.prompt_changes:
+        return False
+    job.steer.record(ev.prompt_changes, progress.base_frames + written, *_pace(progress))
+    spec = leases.specs[ev.track]
+    spec.settings = replace(spec.settings, prompt=job.steer.prompt)
+    return True
+
+
+def _steer_note(job: Job, progress: _Progress, written: int) -> str:
+    return job.steer.status(progress.base_frames + written, *_pace(progress)) if job.steer else ""
+
+
+def _pace(progress: _Progress) -> tuple[float, bool]:
+    """Seconds per frame: measured (True) once the clock has seen enough frames, else the estimate's."""
+    spf = progress.tick.seconds_per_frame()
+    if spf is not None:
+        return spf, True
+    p = progress.plan
+    return progress.rates.estimate(p.backbone, p.area, p.config, p.work, len(progress.job.tracks)).seconds_per_frame, False
 
 
 def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Iterator[Update]:
@@ -670,6 +704,9 @@ def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Ite
         raise RunError("stopped before the first frame: nothing was made")
     total = progress.base_frames + written
     settings_out = job.result_settings(total)
+    if job.steer is not None:  # the run is over: a change that no lease took is too late
+        job.steer.close()
+        settings_out = job.steer.settings(settings_out)
     meta = (
         settings_out.metadata()
         if settings_out is not None
@@ -702,6 +739,7 @@ def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Ite
         progress.leases,
         preview_mp4=mp4 if job.progressive_mp4 else None,
         result=result,
+        note=_steer_note(job, progress, written),
         base_frames=progress.base_frames,
         drift_plot=out.drift.plot() if out.drift is not None else None,
     )

@@ -12,6 +12,7 @@ estimate) and again in the run loop (a run past it stops like Stop, keeping what
     FIFO_QUEUE_SIZE       16     requests waiting for the GPU, all visitors together
     FIFO_MAX_WAITING      2      requests waiting, per page (session)
     FIFO_GPU_SLOTS        1      runs at once (each needs its own GPU)
+    FIFO_MAX_PROMPT_CHANGES 16   prompt changes a visitor may send into one running video
 """
 
 from __future__ import annotations
@@ -39,3 +40,4 @@ MAX_DISK_BYTES = int(_env("FIFO_MAX_DISK_MB", 2048) * 2**20)
 QUEUE_SIZE = int(_env("FIFO_QUEUE_SIZE", 16))
 MAX_WAITING_PER_SESSION = int(_env("FIFO_MAX_WAITING", 2))
 GPU_SLOTS = int(_env("FIFO_GPU_SLOTS", 1))
+MAX_PROMPT_CHANGES = int(_env("FIFO_MAX_PROMPT_CHANGES", 16))  # each adds a schedule entry and a prompt to encode

@@ -18,7 +18,7 @@ from typing import Any
 from fifo import BACKBONES, FIFOConfig, FIFOState, PromptSchedule
 from fifo.config import APP_SETTINGS
 
-from . import housekeeping, zerogpu
+from . import housekeeping, steer, zerogpu
 from .estimate import RateBook, format_seconds, plan_leases, work_for
 from .jobs import Job, LeaseEvent, LeaseWork, RunError, StepEvent, TrackSpec, Update, gpu_lease, lease, run_job
 from .models import MANAGER, BackboneManager, LoadError
@@ -149,6 +149,7 @@ class Service:
             self.store.prune(SESSION_IDLE_S, MAX_DISK_BYTES)
             housekeeping.trim_cache(MAX_DISK_BYTES, others=[self.store.root])  # Gradio's cache counts in the budget
             session.stop = StopFlag(session.folder / "STOP")
+            session.steer = job.steer = _steering(job) if len(job.tracks) == 1 else None
             gpu = BACKBONES[job.tracks[0].settings.backbone].needs_gpu
             lease_fn = self.lease_fn if gpu else lease  # a CPU model spends no GPU quota
             limit = self._limit(job.tracks[0].settings.backbone)
@@ -162,7 +163,7 @@ class Service:
                         chunks=list(r.chunks),
                         frames=r.frames,
                         fps=job.fps,
-                        settings=r.settings or replace(s, frames=r.frames),
+                        settings=r.settings or replace(s, frames=r.frames, prompt=job.steer.prompt if job.steer else s.prompt),
                         state_path=r.state_path,
                         mp4=r.mp4,
                         reproducible=r.settings is not None,
@@ -176,7 +177,9 @@ class Service:
                     session.keep_only(job.folder, *([session.last.folder] if session.last else []))
                 yield u
         finally:
-            session.stop = None
+            if session.steer is not None:
+                session.steer.close()
+            session.stop = session.steer = None
             session.lock.release()
             self.models.free_memory()
             if session.dropped:
@@ -340,6 +343,24 @@ class Service:
         session.stop.set()
         return True
 
+    def change_prompt(self, session_id: str | None, prompt: Any, entry: Any = "tail") -> dict[str, Any]:
+        """Send a new prompt into this page's running video; returns the frame it takes over from (and a message)."""
+        session = self.store.get(session_id)
+        steering = session.steer
+
+        def check(text: str) -> None:  # where encoding is cheap, a word the backbone does not know is refused here
+            s = steering.run
+            if BACKBONES[s.backbone].needs_gpu:
+                return  # the lease encodes it, and reports a refusal back
+            try:
+                if s.backbone == "toy" and not any(c.isascii() and c.isalpha() for c in text):
+                    raise ValueError(f"the prompt {text[:40]!r} has no word the toy world knows: it reads English words only")
+                self._load(s.backbone).encode_prompt(text, s.negative_prompt)
+            except ValueError as e:
+                raise InputError(str(e)) from None
+
+        return steer.ask(steering, prompt, entry, check)
+
     def end_session(self, session_id: str | None) -> None:
         """The page went away: stop its run and delete its files."""
         self.store.drop(session_id)
@@ -416,6 +437,13 @@ class Service:
             except ValueError as e:
                 text += f" · ⚠️ {e}"
         return text
+
+
+def _steering(job: Job) -> steer.Steering:
+    """A one-track run's prompt changes: requests go into its folder; frames count from its state's first new one."""
+    spec = job.tracks[0]
+    start = spec.state.frames_emitted if spec.state is not None else 0
+    return steer.Steering(job.folder / "steer", spec.settings, start, job.frames)
 
 
 def _area(bb, r: RunSettings) -> int:

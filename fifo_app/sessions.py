@@ -70,6 +70,7 @@ class Session:
     folder: Path
     lock: threading.Lock = field(default_factory=threading.Lock)  # one run per session at a time
     stop: StopFlag | None = None  # the running job's flag
+    steer: Any = None  # the running job's prompt changes (a `steer.Steering`), while one runs
     last: VideoRecord | None = None
     touched: float = field(default_factory=time.monotonic)
     dropped: bool = False  # its page went away; a job still running deletes the folder when it ends

@@ -306,3 +306,39 @@ def test_the_drift_plot_grows_while_the_video_streams(url, browser, tmp_path):
         assert phone.evaluate("document.documentElement.scrollWidth") <= 390, "the page scrolls sideways"
     finally:
         phone.close()
+
+
+def test_the_prompt_changes_while_the_video_streams(url, browser, tmp_path):
+    """Generate, type a new prompt, press 'Change prompt': the status says when it takes over; the link records it."""
+    import re
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(url)
+        page.wait_for_selector("#generate", timeout=60_000)
+        assert page.locator("#change-prompt").is_disabled()  # nothing to steer yet
+        page.locator("#prompt textarea").fill("a red ball moving right")
+        page.locator("#length input").fill("24")  # long enough that the change lands well before the end
+        page.locator("#generate").click()
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('frame ')", timeout=60_000)
+        assert page.locator("#change-prompt").is_enabled()
+        page.locator("#prompt textarea").fill("a red ball moving up")
+        page.locator("#change-prompt").click()
+        page.wait_for_function(
+            "document.querySelector('#status')?.innerText.includes(\"'a red ball moving up' takes over at frame\")",
+            timeout=30_000,
+        )
+        status = page.locator("#status").inner_text()
+        assert re.search(r"takes over at frame \d+ \(in about .* (at the current speed|by the estimate)\)", status), status
+        frame = int(status.split("takes over at frame ")[1].split()[0])
+        page.get_by_text(f"takes over at frame {frame}").first.wait_for(timeout=10_000)  # the toast too
+        page.wait_for_timeout(1000)  # a queue picture or two
+        shoot(page, "app-steer.png", tmp_path)
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')", timeout=120_000)
+        wait_idle(page)
+        assert page.locator("#change-prompt").is_disabled()
+        assert f"took over at frame {frame}" in page.locator("#status").inner_text()
+        link = page.locator("#share textarea").input_value()
+        assert f"{frame}%3A+a+red+ball+moving+up" in link, link
+    finally:
+        page.close()
