@@ -18,9 +18,9 @@ from typing import Any
 from fifo import BACKBONES, FIFOConfig, FIFOState, PromptSchedule
 from fifo.config import APP_SETTINGS
 
-from . import housekeeping, zerogpu
+from . import housekeeping, uploads, zerogpu
 from .estimate import RateBook, format_seconds, plan_leases, work_for
-from .jobs import Job, LeaseEvent, LeaseWork, RunError, StepEvent, TrackSpec, Update, gpu_lease, lease, run_job
+from .jobs import CHUNK_SECONDS, Job, LeaseEvent, LeaseWork, RunError, StepEvent, TrackSpec, Update, gpu_lease, lease, run_job
 from .models import MANAGER, BackboneManager, LoadError
 from .sessions import Session, SessionStore, StopFlag, VideoRecord
 from .settings import (
@@ -165,7 +165,9 @@ class Service:
                         settings=r.settings or replace(s, frames=r.frames),
                         state_path=r.state_path,
                         mp4=r.mp4,
-                        reproducible=r.settings is not None,
+                        reproducible=r.settings is not None and job.origin is None,
+                        origin=job.origin,
+                        lead_frames=job.lead_frames,
                     )
                     if old is not None and old.folder == job.folder:  # an extension: the old files are superseded
                         for p in (old.mp4, old.state_path):
@@ -198,6 +200,39 @@ class Service:
             name=lambda n: _name(settings, n),
             result_settings=lambda n: replace(settings, frames=n),
             progressive_mp4=self.progressive_mp4,
+        )
+        yield from self._run(session, job)
+
+    def generate_from_upload(self, settings: RunSettings, session_id: str | None, upload: str | os.PathLike) -> Iterator[Update]:
+        """Make a new video that continues an uploaded clip (or starts from a picture): the upload's frames, then the new ones."""
+        check_schedule_fits(settings.prompt, settings.frames)
+        yield from self._loading(settings)
+        self._check(settings)
+        bb = self._load(settings.backbone)
+        cfg = settings.config().resolve(bb)
+        if cfg.frames_per_rung != 1:
+            raise InputError(
+                f"frames_per_rung={cfg.frames_per_rung}: a run from an uploaded picture or clip holds its frames one per "
+                "rung; set frames per rung to 1 (or remove the upload)"
+            )
+        r = settings.resolved()
+        up = uploads.read_upload(upload, r.height, r.width, cfg.queue_length, bb.temporal_compression)
+        session = self.store.get(session_id)
+        folder = session.new_folder("video-")
+        chunks = uploads.write_chunks(up.shown, folder, r.fps, CHUNK_SECONDS)
+        lead = len(up.shown)
+        base = VideoRecord(folder, chunks, lead, r.fps, settings, None, folder / "upload.mp4", reproducible=False)
+        job = Job(
+            tracks=[TrackSpec("main", settings, known=up.known)],
+            frames=settings.frames,
+            fps=r.fps,
+            folder=folder,
+            name=lambda n: f"{_name(settings, n - lead)}-from-{up.what}",
+            result_settings=lambda n: replace(settings, frames=n - lead),  # the link: the prompt alone
+            base=base,
+            progressive_mp4=self.progressive_mp4,
+            origin=up.what,
+            lead_frames=lead,
         )
         yield from self._run(session, job)
 
@@ -239,8 +274,9 @@ class Service:
             else None
         )
         state = FIFOState.load(base.state_path)
-        prompt_text = continue_schedule(base.settings.prompt, text, base.frames, state.earliest_change_frame(self._tc(state.backbone)))
-        check_schedule_fits(prompt_text, base.frames + frames)
+        made = base.frames - base.lead_frames  # the schedule counts the queue's frames, not an upload's before them
+        prompt_text = continue_schedule(base.settings.prompt, text, made, state.earliest_change_frame(self._tc(state.backbone)))
+        check_schedule_fits(prompt_text, made + frames)
         new = replace(base.settings, prompt=prompt_text, frames=base.frames + frames)
         self._check(replace(new, frames=frames), fresh=False)
         reproducible = base.reproducible
@@ -254,6 +290,8 @@ class Service:
             base=base,
             progressive_mp4=self.progressive_mp4,
             chunk_prefix=f"ext{base.frames:06d}-",
+            origin=base.origin,
+            lead_frames=base.lead_frames,
         )
         yield from self._run(session, job)
 

@@ -58,6 +58,8 @@ class VideoRecord:
     state_path: Path | None  # the FIFOState after its last frame
     mp4: Path
     reproducible: bool = True  # its settings remake it from scratch (not so when continued from an upload)
+    origin: str | None = None  # "picture" | "clip": it starts from a visitor's upload
+    lead_frames: int = 0  # the upload's frames at its start, before the queue's first
 
 
 @dataclass

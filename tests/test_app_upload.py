@@ -1,0 +1,223 @@
+"""Starting a video from the visitor's own picture or clip, through the app's real HTTP API.
+
+The clips are toy-world videos (cut from a generated one), so whether the continuation carries the
+sprite's motion across the seam is a fact about positions, checked with the toy world's own
+helpers (tests/test_known_frames.py). 64x64, one partition: each run takes a few seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+import fifo
+from fifo.backbones.toy import ToyBackbone, clip_positions, locate_sprite, parse_prompt
+from fifo.video import probe_video, read_video, write_video
+from fifo_app import settings, uploads
+
+PROMPT = "a red ball moving right"
+RUN = {"partitions": 1, "height": 64, "width": 64, "random_seed": False}  # L = f = 16, lookahead on (the toy's default)
+CFG = fifo.FIFOConfig(partitions=1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    import app
+
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    c = Client(server, verbose=False)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return ToyBackbone(height=64, width=64)
+
+
+def positions(bb, prompt: str, frames: np.ndarray) -> np.ndarray:
+    return locate_sprite(parse_prompt(prompt), bb.encode_frames(frames)).numpy()
+
+
+def is_true_clip(bb, prompt: str, pos: np.ndarray) -> bool:
+    """The positions (F, 2) are one of the toy world's true clips: one path, one direction, one speed."""
+    true = clip_positions(parse_prompt(prompt), len(pos), *bb.latent_size(64, 64)).numpy()
+    return bool((true == pos[None]).all(axis=(1, 2)).any())
+
+
+def run(client: Client, upload: Path | None, frames: int, prompt: str = PROMPT, seed: int = 5, **kw):
+    job = client.submit(
+        prompt,
+        length=frames,
+        length_unit="frames",
+        seed=seed,
+        start_from=handle_file(str(upload)) if upload is not None else None,
+        **{**RUN, **kw},
+        api_name="/generate",
+    )
+    return job, job.result(timeout=180)
+
+
+def comment(mp4) -> dict:
+    return json.loads(probe_video(mp4)["tags"]["comment"])
+
+
+@pytest.fixture(scope="module")
+def cut_clip(bb, tmp_path_factory):
+    """A 48-frame toy video with its last 16 frames cut: the 32-frame clip a visitor uploads."""
+    folder = tmp_path_factory.mktemp("clip")
+    video = np.stack(list(fifo.generate(bb, PROMPT, 48, CFG, seed=0)))
+    write_video(folder / "clip.mp4", video[:32], 12)
+    return folder / "clip.mp4"
+
+
+def test_an_uploaded_clip_is_shown_then_continued_and_extend_goes_on(client, bb, cut_clip):
+    clip = read_video(cut_clip)
+    job, out = run(client, cut_clip, 16)
+    progress = [o[-1] for o in job.outputs()]
+    assert progress[0]["video_frames"] == 32 and progress[0]["frames_done"] == 0  # the clip streams first
+    assert [p["frames_done"] for p in progress] == sorted(p["frames_done"] for p in progress)
+
+    mp4 = out[1]
+    info = probe_video(mp4)
+    assert info["frames"] == 32 + 16 and (info["width"], info["height"]) == (64, 64)
+    video = read_video(mp4)
+    assert np.abs(video[:32].astype(int) - clip.astype(int)).mean() < 2.0  # the visitor's clip, as it was
+    new = video[32:]
+    seam = positions(bb, PROMPT, np.concatenate([clip[-8:], new[:8]]))
+    assert is_true_clip(bb, PROMPT, seam), seam.tolist()  # the sprite goes on from where, and as, it was going
+
+    d = out[-1]
+    assert d["frames_in_video"] == 48 and d["frames_done"] == 16 and d["started_from"] == "an uploaded clip"
+    assert "prompt alone" in d["share_note"]
+    link = settings.query_params(out[5])  # the link: the prompt alone, the new frames' length
+    assert link["prompt"] == PROMPT and int(link["frames"]) == 16
+    meta = comment(mp4)
+    assert meta["init"] == "video" and meta["init_frames"] == 32 and "uploaded clip" in meta["note"]
+    assert Path(out[2]).suffix == ".pt"
+
+    ext = client.predict(length=12, length_unit="frames", api_name="/extend")
+    longer = read_video(ext[1])
+    assert len(longer) == 48 + 12 and probe_video(ext[1])["frames"] == 60
+    assert np.array_equal(longer[:48], video)  # the clip and its continuation, untouched
+    seam = positions(bb, PROMPT, longer[40:56])
+    assert is_true_clip(bb, PROMPT, seam), seam.tolist()
+    assert "no link can remake it" in ext[5] and "uploaded clip" in ext[-1]["share_note"]
+    assert "started from an uploaded clip" in probe_video(ext[1])["tags"]["comment"]
+
+
+def test_a_picture_opens_the_video(client, bb, tmp_path):
+    from PIL import Image
+
+    video = np.stack(list(fifo.generate(bb, PROMPT, 8, CFG, seed=2)))
+    # 64 x 96, the frame between two bands of background: cropped to the model's 64x64, not resampled
+    Image.fromarray(np.pad(video[3], ((0, 0), (16, 16), (0, 0)), mode="edge")).save(tmp_path / "pic.png")
+    _, out = run(client, tmp_path / "pic.png", 10, seed=9)
+    made = read_video(out[1])
+    assert len(made) == 11 and out[-1]["frames_in_video"] == 11  # the picture, then 10 new frames
+    pos = positions(bb, PROMPT, made)
+    assert (pos[0] == positions(bb, PROMPT, video[3:4])[0]).all()
+    assert np.abs(np.diff(pos[:3], axis=0)).max() <= 2  # the sprite leaves the picture at its speed
+    meta = comment(out[1])
+    assert meta["init"] == "image" and meta["init_frames"] == 1
+    assert out[-1]["started_from"] == "an uploaded picture"
+
+
+def huge_png(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG file whose header declares width x height pixels (its data is one short row)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 7)) + chunk(b"IEND", b""))
+    return path
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, cut_clip):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "notes.mp4").write_text("not a video at all\n" * 20)
+    (d / "notes.png").write_text("not a picture at all\n" * 20)
+    huge_png(d / "huge.png", 60_000, 50_000)
+    huge_png(d / "wide.png", 5_000, 4_000)
+    ffmpeg("-f", "lavfi", "-i", "anullsrc", "-t", "1", "-c:a", "aac", str(d / "sound.mp4"))
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=12", "-t", "2", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(d / "full.mp4"))
+    data = (d / "full.mp4").read_bytes()
+    (d / "empty.mp4").write_bytes(data[: data.find(b"mdat") + 8])  # its header and no frame
+    write_video(d / "one.mp4", read_video(cut_clip)[:1], 12)
+    (d / "clip.mp4").write_bytes(cut_clip.read_bytes())
+    return d
+
+
+BAD = [
+    ("notes.mp4", {}, "not a readable video"),
+    ("notes.png", {}, "not a readable image"),
+    ("sound.mp4", {}, "sound but no picture"),
+    ("empty.mp4", {}, "has no frames"),
+    ("one.mp4", {}, r"has 1 frame\(s\); this model needs at least 2"),
+    ("huge.png", {}, "pixels"),
+    ("wide.png", {}, r"5000x4000 pixels; this app takes at most 16,777,216"),
+    ("clip.mp4", {"frames_per_rung": 2}, "frames_per_rung=2"),
+]
+
+
+@pytest.mark.parametrize("name, kw, message", BAD)
+def test_bad_uploads_are_refused_clearly(client, bad_files, name, kw, message):
+    with pytest.raises(AppError, match=message) as e:
+        run(client, bad_files / name, 8, **kw)
+    text = str(e.value)
+    assert "/tmp" not in text and str(bad_files) not in text and "Traceback" not in text
+
+
+def test_size_and_length_caps(client, cut_clip, monkeypatch):
+    monkeypatch.setattr(uploads, "MAX_BYTES", 1000)
+    with pytest.raises(AppError, match=r"MB, over this app's limit"):
+        run(client, cut_clip, 8)
+    monkeypatch.setattr(uploads, "MAX_BYTES", 2**20)
+    monkeypatch.setattr(uploads, "MAX_CLIP_FRAMES", 20)
+    with pytest.raises(AppError, match="more than 20 frames"):
+        run(client, cut_clip, 8)
+    monkeypatch.setattr(uploads, "MAX_CLIP_SECONDS", 1.5)
+    with pytest.raises(AppError, match=r"2\.7 s long; this app takes at most 1\.5 s"):
+        run(client, cut_clip, 8)
+    monkeypatch.undo()
+    _, out = run(client, cut_clip, 4)  # and the server goes on serving
+    assert probe_video(out[1])["frames"] == 36
+
+
+def test_a_run_without_an_upload_is_unchanged(client):
+    _, out = run(client, None, 12)
+    assert probe_video(out[1])["frames"] == 12 and "started_from" not in out[-1]
+    assert "init" not in comment(out[1])
