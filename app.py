@@ -560,6 +560,7 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
         ui.generate_btn = gr.Button("Generate", variant="primary", scale=3, elem_id="generate", min_width=100)
         ui.stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False, min_width=60)
     ui.examples_row = gr.Column(elem_id="examples")
+    _upload_box(ui)
     with gr.Row():
         ui.backbone = gr.Dropdown(choices, value=DEFAULT_BACKBONE, label="Backbone", scale=3, min_width=120)
         ui.length = gr.Number(DEFAULT_SECONDS, label="Length", scale=2, min_width=80, elem_id="length")
@@ -598,7 +599,6 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
         for row in (*rows, rest) if rest else rows:
             with gr.Row():
                 ui.options.update({k: _option(k, DEFAULT_BACKBONE) for k in row})
-    _upload_box(ui)
     with gr.Accordion("Continue a saved queue state", open=False):
         gr.Markdown(
             "Upload a state file saved after a run (here or by `python -m fifo --save-state`) and press Continue: the new "

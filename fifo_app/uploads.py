@@ -219,5 +219,5 @@ def origin_metadata(meta: dict[str, str], origin: str, lead_frames: int, reprodu
     return {**meta, "comment": json.dumps(record)}
 
 
-SHARE_NOTE = "this link makes a video from the prompt alone: it cannot carry the uploaded {what}"
+SHARE_NOTE = "makes a video from the prompt alone (a link cannot carry the uploaded {what})"
 NO_LINK = "(started from an uploaded {what}: no link can remake it)"

@@ -221,3 +221,33 @@ def test_a_run_without_an_upload_is_unchanged(client):
     _, out = run(client, None, 12)
     assert probe_video(out[1])["frames"] == 12 and "started_from" not in out[-1]
     assert "init" not in comment(out[1])
+
+
+def test_an_upload_run_spread_over_zerogpu_leases_is_the_same_video(cut_clip, tmp_path):
+    """On ZeroGPU each lease is another process: the upload's frames cross into it pickled, as uint8 numpy."""
+    from test_app import fake_spaces
+
+    from fifo_app import estimate, jobs, sessions
+
+    s = settings.parse_inputs(PROMPT, "", "toy", 40, "frames", 3, False, 1, "on", height=64, width=64)
+    up = uploads.read_upload(cut_clip, 64, 64, queue_length=16)
+    assert up.known.dtype == np.uint8 and up.known.shape == (16, 64, 64, 3) and up.shown.shape == (32, 64, 64, 3)
+    calls: list[int] = []
+    leased = fake_spaces(max_duration=30, calls=calls).GPU(duration=jobs.lease_duration)(jobs.lease)
+
+    def run_with(lease_fn, limit):
+        rates = estimate.RateBook()
+        rates.record("toy", 16 * 16, 16, 0.3)  # a slow toy: 40 frames need several 30 s leases
+        folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        chunks = uploads.write_chunks(up.shown, folder, 12, jobs.CHUNK_SECONDS)
+        base = sessions.VideoRecord(folder, chunks, 32, 12, s, None, folder / "x.mp4", reproducible=False)
+        job = jobs.Job([jobs.TrackSpec("main", s, known=up.known)], 40, 12, folder, "v", lambda n: s, base=base,
+                       origin="clip", lead_frames=32)  # fmt: skip
+        return list(jobs.run_job(job, lease_fn, sessions.StopFlag(folder / "STOP"), rates, limit))[-1].result
+
+    split = run_with(leased, 30.0)
+    assert split.leases == len(calls) >= 2
+    whole = run_with(jobs.lease, None)
+    a, b = read_video(split.mp4), read_video(whole.mp4)
+    assert a.shape == (72, 64, 64, 3) and np.array_equal(a, b)
