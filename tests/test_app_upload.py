@@ -133,6 +133,21 @@ def test_an_uploaded_clip_is_shown_then_continued_and_extend_goes_on(client, bb,
     assert "started from an uploaded clip" in probe_video(ext[1])["tags"]["comment"]
 
 
+SEAMS = [("a blue square moving down fast", 1), ("a green ball moving up-left slow", 2), ("a red ball moving right", 4)]
+
+
+@pytest.mark.parametrize("prompt, seed", SEAMS)
+def test_the_motion_carries_across_the_seam(client, bb, tmp_path, prompt, seed):
+    video = np.stack(list(fifo.generate(bb, prompt, 40, CFG, seed=seed)))
+    write_video(tmp_path / "cut.mp4", video[:24], 12)  # its last 16 frames cut
+    clip = read_video(tmp_path / "cut.mp4")
+    _, out = run(client, tmp_path / "cut.mp4", 10, prompt=prompt, seed=seed + 7)
+    made = read_video(out[1])
+    assert len(made) == 24 + 10
+    seam = positions(bb, prompt, np.concatenate([clip[-8:], made[24:32]]))
+    assert is_true_clip(bb, prompt, seam), seam.tolist()
+
+
 def test_a_picture_opens_the_video(client, bb, tmp_path):
     from PIL import Image
 
