@@ -822,7 +822,8 @@ def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
         ),
     ]
     for trigger, fn, inputs, name in runs:  # after a run the estimate is refreshed: its rates were just measured
-        trigger(**busy).then(fn, inputs, gen_outputs, api_name=name, **gpu).then(**idle).then(**seed_back).then(**label_back).then(**refresh)
+        run = trigger(**busy).then(fn, inputs, gen_outputs, api_name=name, **gpu).then(**idle).then(**seed_back)
+        run.then(**label_back).then(**refresh)
     for gpu_ex, ex in examples:
         if not gpu_ex:  # a toy example runs at once, streaming like Generate
             ex.load_input_event.then(**busy).then(generate, gen_inputs, gen_outputs, api_visibility="private", **gpu).then(**idle)

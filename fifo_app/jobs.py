@@ -693,7 +693,9 @@ def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Ite
         specs[0].state.save(state_path)
     elapsed = progress.elapsed()
     timings = [{"label": t.label, "seconds_per_frame": round(elapsed / max(written, 1) / len(specs), 4)} for t in specs]
-    result = Result(mp4, total, written, settings_out, state_path, leases.stopped, elapsed, progress.leases, timings, out.chunks, job.origin)
+    result = Result(
+        mp4, total, written, settings_out, state_path, leases.stopped, elapsed, progress.leases, timings, out.chunks, job.origin
+    )
     yield Update(
         "stopped" if leases.stopped else "done",
         written,

@@ -286,7 +286,7 @@ class Service:
             fps=base.fps,
             folder=base.folder,
             name=lambda n: _name(new, n),
-            result_settings=(lambda n: replace(new, frames=n)) if reproducible else (lambda n: None),
+            result_settings=(lambda n: replace(new, frames=n)) if reproducible else (lambda n: _upload_settings(new, base, n)),
             base=base,
             progressive_mp4=self.progressive_mp4,
             chunk_prefix=f"ext{base.frames:06d}-",
@@ -453,6 +453,11 @@ class Service:
             except ValueError as e:
                 text += f" · ⚠️ {e}"
         return text
+
+
+def _upload_settings(new: RunSettings, base: VideoRecord, frames: int) -> RunSettings | None:
+    """A video from an upload: the prompt-alone settings of its new frames (its link says it cannot carry the upload)."""
+    return replace(new, frames=frames - base.lead_frames) if base.origin else None
 
 
 def _area(bb, r: RunSettings) -> int:

@@ -112,7 +112,9 @@ def read_picture(path: str | os.PathLike, height: int, width: int) -> np.ndarray
     except InputError:
         raise
     except Image.DecompressionBombError:  # Pillow's own guard, for sizes far past ours
-        raise InputError(f"the uploaded picture declares more than {MAX_PIXELS:,} pixels, this app's limit: make it smaller") from None
+        raise InputError(
+            f"the uploaded picture declares more than {MAX_PIXELS:,} pixels, this app's limit: make it smaller"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError):
         raise InputError("the uploaded picture is not a readable image: upload a PNG, JPEG or WebP") from None
     return fit_frames(rgb[None], height, width)

@@ -15,6 +15,7 @@ import subprocess
 import zlib
 from pathlib import Path
 
+import httpx
 import imageio_ffmpeg
 import numpy as np
 import pytest
@@ -129,8 +130,17 @@ def test_an_uploaded_clip_is_shown_then_continued_and_extend_goes_on(client, bb,
     assert np.array_equal(longer[:48], video)  # the clip and its continuation, untouched
     seam = positions(bb, PROMPT, longer[40:56])
     assert is_true_clip(bb, PROMPT, seam), seam.tolist()
-    assert "no link can remake it" in ext[5] and "uploaded clip" in ext[-1]["share_note"]
-    assert "started from an uploaded clip" in probe_video(ext[1])["tags"]["comment"]
+    assert int(settings.query_params(ext[5])["frames"]) == 16 + 12 and "prompt alone" in ext[-1]["share_note"]
+    meta = comment(ext[1])
+    assert meta["init"] == "video" and meta["init_frames"] == 32 and meta["frames"] == 28
+
+    # a new prompt for Extend: its schedule counts the queue's frames (from the first after the clip)
+    turn = client.predict("a red ball moving up", length=24, length_unit="frames", api_name="/extend")
+    assert read_video(turn[1]).shape[0] == 60 + 24
+    head, change = settings.query_params(turn[5])["prompt"].split("\n")
+    at = int(change.split(":")[0])
+    assert head == f"0: {PROMPT}" and change == f"{at}: a red ball moving up" and 28 < at < 28 + 24, change
+    assert comment(turn[1])["prompt"] == f"{head}\n{change}"
 
 
 SEAMS = [("a blue square moving down fast", 1), ("a green ball moving up-left slow", 2), ("a red ball moving right", 4)]
@@ -188,7 +198,8 @@ def bad_files(tmp_path_factory, cut_clip):
     huge_png(d / "huge.png", 60_000, 50_000)
     huge_png(d / "wide.png", 5_000, 4_000)
     ffmpeg("-f", "lavfi", "-i", "anullsrc", "-t", "1", "-c:a", "aac", str(d / "sound.mp4"))
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=12", "-t", "2", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(d / "full.mp4"))
+    src = ("-f", "lavfi", "-i", "testsrc=size=64x48:rate=12", "-t", "2", "-pix_fmt", "yuv420p")
+    ffmpeg(*src, "-movflags", "+faststart", str(d / "full.mp4"))
     data = (d / "full.mp4").read_bytes()
     (d / "empty.mp4").write_bytes(data[: data.find(b"mdat") + 8])  # its header and no frame
     write_video(d / "one.mp4", read_video(cut_clip)[:1], 12)
@@ -266,3 +277,36 @@ def test_an_upload_run_spread_over_zerogpu_leases_is_the_same_video(cut_clip, tm
     whole = run_with(jobs.lease, None)
     a, b = read_video(split.mp4), read_video(whole.mp4)
     assert a.shape == (72, 64, 64, 3) and np.array_equal(a, b)
+
+
+def test_a_server_file_cannot_be_passed_off_as_an_upload(server):
+    """Only files a client uploaded reach the handler: a request naming a picture on the server is refused before it."""
+    import urllib.request
+
+    from fifo.config import APP_SETTINGS
+
+    picture = Path(__file__).resolve().parent.parent / "docs" / "app-upload.png"
+    assert picture.exists()
+    api = f"{server}gradio_api/call/generate"
+
+    def call(path: str) -> str:
+        empty_schedule = {"headers": ["from frame", "prompt"], "data": []}
+        data = [PROMPT, "", "toy", 4, "frames", 0, False, *["default"] * len(APP_SETTINGS), empty_schedule]
+        data.append({"path": path, "meta": {"_type": "gradio.FileData"}})
+        req = urllib.request.Request(api, json.dumps({"data": data}).encode(), {"Content-Type": "application/json"})
+        event = json.load(urllib.request.urlopen(req, timeout=30))["event_id"]
+        return urllib.request.urlopen(f"{api}/{event}", timeout=120).read().decode()
+
+    answer = call(str(picture))
+    assert answer.startswith("event: error") and "complete" not in answer and str(picture) not in answer, answer
+    # the same request with the picture uploaded first is served: the refusal was of the path
+    with picture.open("rb") as f:
+        uploaded = httpx.post(f"{server}gradio_api/upload", files={"files": ("pic.png", f, "image/png")}, timeout=30).json()[0]
+    assert "event: complete" in call(uploaded)
+
+
+def test_a_causal_vae_gets_the_last_1_plus_4k_frames(cut_clip):
+    up = uploads.read_upload(cut_clip, 64, 64, queue_length=4, temporal_compression=4)
+    assert len(up.shown) == 32 and len(up.known) == 13  # 1 + 4 x 3: the queue's 4 latents
+    assert np.array_equal(up.known, up.shown[-13:])
+    assert len(uploads.read_upload(cut_clip, 64, 64, queue_length=16, temporal_compression=4).known) == 29  # 1 + 4 x 7
