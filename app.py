@@ -611,25 +611,25 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
 
 
 UPLOAD_HELP = (
-    "**Generate** then continues your clip, or starts from your picture: the player shows it first, fitted to the "
-    "model's size (cropped to its shape), then **Length** new frames (the upload does not count in the length). "
-    "Clips of up to {frames} frames and {seconds:g} s, files up to {mb:.0f} MB ({allowed}). Frames per rung must be 1. "
-    "**A share link cannot carry your upload**: the link of such a run makes a video from the prompt alone."
+    "**Generate** continues your clip, or starts from your picture: the player shows it first, cropped to the model's "
+    "size, then **Length** new frames (the upload is not counted in the length). Up to {frames} frames, {seconds:g} s, "
+    "{mb:.0f} MB. Frames per rung must be 1. **A share link cannot carry your upload**: the link of such a run makes a "
+    "video from the prompt alone."
 )
 
 
 def _upload_box(ui: SimpleNamespace) -> None:
     """The accordion of the visitor's own picture or clip, which Generate starts from."""
     with gr.Accordion("Start from your own picture or clip", open=False, elem_id="upload-box"):
-        gr.Markdown(UPLOAD_HELP.format(frames=uploads.MAX_CLIP_FRAMES, seconds=uploads.MAX_CLIP_SECONDS,
-                                       mb=uploads.MAX_BYTES / 2**20, allowed=uploads.ALLOWED))  # fmt: skip
+        gr.Markdown(UPLOAD_HELP.format(frames=uploads.MAX_CLIP_FRAMES, seconds=uploads.MAX_CLIP_SECONDS, mb=uploads.MAX_BYTES / 2**20))
         ui.upload = gr.File(
-            label="Picture or clip to start from (remove it to start from the prompt alone)",
+            label=f"Picture or clip ({uploads.ALLOWED}); remove it to start from the prompt alone",
             file_types=[*uploads.PICTURE_SUFFIXES, *uploads.CLIP_SUFFIXES],
             type="filepath",
             elem_id="upload",
             height=90,
         )
+        ui.upload_note = gr.Markdown(elem_id="upload-note")
 
 
 TABLE_SHAPE = "schedule must be a table of [frame, prompt] rows (or write 'FRAME: prompt' lines in the prompt)"
@@ -833,6 +833,7 @@ def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
     ui.backbone.input(lambda name: gr.update(choices=preset_choices(name), value=None) if name in BACKBONES else gr.skip(),
                       ui.backbone, ui.preset, **PRIVATE)  # fmt: skip
     ui.state_upload.change(SERVICE.describe_state, ui.state_upload, ui.state_note, **PRIVATE)
+    ui.upload.change(uploads.describe, ui.upload, ui.upload_note, **PRIVATE)
     preset_keys = ("partitions", "lookahead", "frames_per_rung")
     ui.preset.input(on_preset, [ui.preset, ui.backbone], [ui.options[k] for k in preset_keys], **PRIVATE)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def kind_of(path: str | os.PathLike) -> str:
         return "image"
     if suffix in CLIP_SUFFIXES:
         return "video"
-    shown = suffix[:12] if suffix else "(none)"
+    shown = suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else "(unknown)"  # a file name is the visitor's text
     raise InputError(f"an uploaded file of type {shown!r} is not taken: upload a picture or clip ({ALLOWED})")
 
 
@@ -223,3 +224,44 @@ def origin_metadata(meta: dict[str, str], origin: str, lead_frames: int, reprodu
 
 SHARE_NOTE = "makes a video from the prompt alone (a link cannot carry the uploaded {what})"
 NO_LINK = "(started from an uploaded {what}: no link can remake it)"
+
+
+def describe(path: str | os.PathLike | None) -> str:
+    """One line of Markdown on a chosen upload, from its header alone (nothing is decoded): what Generate will do, or why not."""
+    if not path:
+        return ""
+    try:
+        kind = kind_of(path)
+        _check_size(path)
+        if kind == "image":
+            from PIL import Image
+
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+            except Exception:  # noqa: BLE001  (any failure to read a header is the same answer for a visitor)
+                raise InputError("the uploaded picture is not a readable image: upload a PNG, JPEG or WebP") from None
+            _check_pixels(w, h, "picture")
+            return f"A {w}x{h} picture: **Generate** starts the video from it, then adds **Length** new frames."
+        import imageio_ffmpeg
+
+        gen = imageio_ffmpeg.read_frames(str(path))
+        try:
+            meta = next(gen)  # the stream's header: nothing decoded yet
+        except Exception as e:  # noqa: BLE001
+            raise _clip_error(e) from None
+        finally:
+            gen.close()
+        w, h = meta["size"]
+        _check_pixels(int(w), int(h), "clip")
+        secs, fps = float(meta.get("duration") or 0.0), float(meta.get("fps") or 0.0)
+        if secs > MAX_CLIP_SECONDS:
+            raise InputError(
+                f"the uploaded clip is {secs:.1f} s long; this app takes at most {MAX_CLIP_SECONDS:g} s: cut it shorter"
+            )
+    except InputError as e:
+        return f"⚠️ {e}"
+    return (
+        f"A {w}x{h} clip of {secs:.1f} s (about {round(secs * fps)} frames): **Generate** shows it, then continues it "
+        "for **Length** new frames."
+    )

@@ -310,3 +310,11 @@ def test_a_causal_vae_gets_the_last_1_plus_4k_frames(cut_clip):
     assert len(up.shown) == 32 and len(up.known) == 13  # 1 + 4 x 3: the queue's 4 latents
     assert np.array_equal(up.known, up.shown[-13:])
     assert len(uploads.read_upload(cut_clip, 64, 64, queue_length=16, temporal_compression=4).known) == 29  # 1 + 4 x 7
+
+
+def test_a_chosen_upload_is_described_from_its_header(cut_clip, bad_files):
+    assert uploads.describe(cut_clip).startswith("A 64x64 clip of 2.7 s (about 32 frames)")
+    assert "5000x4000 pixels" in uploads.describe(bad_files / "wide.png")
+    assert "sound but no picture" in uploads.describe(bad_files / "sound.mp4")
+    assert "'(unknown)' is not taken" in uploads.describe(bad_files.parent / "x.<img src=y>")
+    assert uploads.describe(None) == ""

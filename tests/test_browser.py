@@ -283,6 +283,8 @@ def test_a_video_continues_an_uploaded_clip(url, browser, tmp_path):
         page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "my-clip.mp4"))
         page.wait_for_function("document.querySelector('#upload')?.innerText.includes('my-clip.mp4')", timeout=30_000)
         assert "cannot carry your upload" in page.locator("#upload-box").inner_text()
+        note = "document.querySelector('#upload-note')?.innerText.includes('A 128x128 clip of 2.0 s')"
+        page.wait_for_function(note, timeout=30_000)
         page.locator("#generate").click()
         durations: list[float] = []
         deadline = time.monotonic() + 120
@@ -299,9 +301,10 @@ def test_a_video_continues_an_uploaded_clip(url, browser, tmp_path):
         wait_idle(page)
         page.wait_for_function("document.querySelector('#share')?.innerText.includes('prompt alone')", timeout=10_000)
         page.wait_for_timeout(1500)  # the player loops the whole video
-        page.evaluate("window.scrollTo(0, 0)")
+        bottom = "document.querySelector('#upload-note').getBoundingClientRect().bottom + window.scrollY"
+        page.evaluate(f"window.scrollTo(0, Math.max(0, {bottom} - 890))")  # the upload and its note, the player above
         page.wait_for_timeout(1000)
-        for sel in ("#upload-box", "#live", "#status"):  # the upload next to the player and its progress
+        for sel in ("#upload", "#upload-note", "#live", "#status"):  # the upload next to the player and its progress
             b = box(page, sel)
             assert 0 <= b["y"] and b["y"] + b["height"] <= 900, f"{sel} is out of view: {b}"
         shoot(page, "app-upload.png", tmp_path)
