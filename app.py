@@ -621,7 +621,8 @@ UPLOAD_HELP = (
 def _upload_box(ui: SimpleNamespace) -> None:
     """The accordion of the visitor's own picture or clip, which Generate starts from."""
     with gr.Accordion("Start from your own picture or clip", open=False, elem_id="upload-box"):
-        gr.Markdown(UPLOAD_HELP.format(frames=uploads.MAX_CLIP_FRAMES, seconds=uploads.MAX_CLIP_SECONDS, mb=uploads.MAX_BYTES / 2**20))
+        limits = {"frames": uploads.MAX_CLIP_FRAMES, "seconds": uploads.MAX_CLIP_SECONDS, "mb": uploads.MAX_BYTES / 2**20}
+        gr.Markdown(UPLOAD_HELP.format(**limits))
         ui.upload = gr.File(
             label=f"Picture or clip ({uploads.ALLOWED}); remove it to start from the prompt alone",
             file_types=[*uploads.PICTURE_SUFFIXES, *uploads.CLIP_SUFFIXES],
