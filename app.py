@@ -211,8 +211,6 @@ def _stream(updates: Iterator[Update], request: gr.Request | None) -> Iterator[t
             link = (
                 _share_url(request, r.settings.to_query())
                 if r.settings is not None
-                else uploads.NO_LINK.format(what=r.origin)
-                if r.origin
                 else "(continued from an uploaded state: no link can remake it)"
             )
             yield (

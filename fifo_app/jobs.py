@@ -32,7 +32,7 @@ from .estimate import LEASE_OVERHEAD_S, RateBook, next_lease, work_for
 from .models import MANAGER, LoadError
 from .sessions import StopFlag, VideoRecord
 from .settings import RunSettings
-from .uploads import NO_LINK, SHARE_NOTE, origin_metadata
+from .uploads import SHARE_NOTE, origin_metadata
 
 log = logging.getLogger("fifo_app")
 
@@ -328,15 +328,10 @@ class Update:
                 timings=r.timings,
             )
         if self.result is not None and self.result.origin:
-            d.update(started_from=f"an uploaded {self.result.origin}", share_note=_share_note(self.result))
+            d.update(started_from=f"an uploaded {self.result.origin}", share_note=SHARE_NOTE.format(what=self.result.origin))
         if self.note:
             d["note"] = self.note
         return d
-
-
-def _share_note(r: Result) -> str:
-    """What the share link of a run that started from an upload can (and cannot) do."""
-    return (SHARE_NOTE if r.settings is not None else NO_LINK).format(what=r.origin)
 
 
 @dataclass

@@ -227,7 +227,7 @@ class Service:
             frames=settings.frames,
             fps=r.fps,
             folder=folder,
-            name=lambda n: f"{_name(settings, n - lead)}-from-{up.what}",
+            name=lambda n: f"{_name(settings, n)}-from-{up.what}",
             result_settings=lambda n: replace(settings, frames=n - lead),  # the link: the prompt alone
             base=base,
             progressive_mp4=self.progressive_mp4,

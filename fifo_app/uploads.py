@@ -222,8 +222,7 @@ def origin_metadata(meta: dict[str, str], origin: str, lead_frames: int, reprodu
     return {**meta, "comment": json.dumps(record)}
 
 
-SHARE_NOTE = "makes a video from the prompt alone (a link cannot carry the uploaded {what})"
-NO_LINK = "(started from an uploaded {what}: no link can remake it)"
+SHARE_NOTE = "makes a video from the prompt alone (a link cannot carry the uploaded {what})"  # what a run's link does
 
 
 def describe(path: str | os.PathLike | None) -> str:
