@@ -318,3 +318,35 @@ def test_a_chosen_upload_is_described_from_its_header(cut_clip, bad_files):
     assert "sound but no picture" in uploads.describe(bad_files / "sound.mp4")
     assert "'(unknown)' is not taken" in uploads.describe(bad_files.parent / "x.<img src=y>")
     assert uploads.describe(None) == ""
+
+
+@pytest.mark.parametrize("name, family, frames", [("zeroscope", "unet3d", 5), ("wan2.1-1.3b", "wan", 8)])
+def test_a_real_model_lease_encodes_the_pickled_upload(tmp_path, monkeypatch, name, family, frames):
+    """The tiny random-weight UNet3D and Wan models: the lease encodes the upload's uint8 frames with the model's own VAE."""
+    import pickle
+
+    import torch
+
+    from fifo.backbones.encoders import known_latents
+    from fifo_app import jobs
+    from fifo_app.models import MANAGER
+    from test_backbones import unet_backbone, wan_backbone
+
+    bb = unet_backbone(False) if family == "unet3d" else wan_backbone(False)
+    monkeypatch.setitem(MANAGER._loaded, name, bb)  # stands in for the registered model: nothing is downloaded
+    h, w = bb.defaults.height, bb.defaults.width
+    g = torch.Generator().manual_seed(0)
+    pic = torch.nn.functional.interpolate(torch.rand(11, 3, h // 4, (w + 8) // 4, generator=g), size=(h, w + 8), mode="bilinear")
+    write_video(tmp_path / "clip.mp4", (pic * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(), 8)
+    s = settings.parse_inputs("a red ball moving right", "", name, frames, "frames", 1, False, 1, "off", height=h, width=w)
+    L = s.config().resolve(bb).queue_length
+    up = uploads.read_upload(tmp_path / "clip.mp4", h, w, L, bb.temporal_compression)
+    assert up.shown.shape[1:] == (h, w, 3) and len(up.known) == (min(11, L) if family == "unet3d" else 9)
+    work = jobs.LeaseWork([jobs.TrackSpec("main", s, known=up.known)], [frames], None, 0, str(tmp_path / "STOP"))
+    events = list(jobs.lease(pickle.loads(pickle.dumps(work))))  # as a ZeroGPU worker receives it
+    assert isinstance(events[-1], jobs.LeaseEnd) and events[-1].reason == "done", events[-1]
+    made = np.concatenate([e.frames for e in events if isinstance(e, jobs.StepEvent) and e.frames is not None])
+    direct = fifo.generate(bb, s.prompt, frames, s.config(), seed=1, height=h, width=w,
+                           known=known_latents(bb, up.known, h, w, max_latents=L))  # fmt: skip
+    assert made.shape == (frames, h, w, 3) and np.array_equal(made, np.stack(list(direct)))
+    assert events[-1].states[0].known["latents"].shape[1] >= 1  # the state carries the known frames on to Extend
