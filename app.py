@@ -37,7 +37,7 @@ from gradio.components.dataframe import DataframeData
 from fifo import BACKBONES
 from fifo.config import APP_SETTINGS, SETTING, backbone_default
 from fifo.cpu import keep_freed_memory
-from fifo_app import driftview, housekeeping, queueviz, zerogpu
+from fifo_app import driftview, housekeeping, queueviz, uploads, zerogpu
 from fifo_app.estimate import format_seconds
 from fifo_app.examples import load_examples, usable
 from fifo_app.jobs import RunError, Update
@@ -129,6 +129,15 @@ def _share_url(request: gr.Request | None, query: str) -> str:
         except Exception:  # noqa: BLE001  (no headers on this request: a relative link still works in a browser)
             base = ""
     return f"{base}?{query}"
+
+
+SHARE_LABEL = "Share link: remakes this video exactly"
+
+
+def share_label(details: Any) -> Any:
+    """The share box's label after a run: what its link does (for a run from an upload: the prompt alone)."""
+    note = details.get("share_note") if isinstance(details, dict) else None
+    return gr.update(label=f"Share link: {note}" if isinstance(note, str) else SHARE_LABEL)
 
 
 def _status_html(u: Update | None, idle: str = "Press <b>Generate</b> to make a video.") -> str:
@@ -273,6 +282,7 @@ def generate(
     seed: float = 0,
     random_seed: bool = True,
     schedule: Any = None,
+    start_from: str | None = None,
     request: gr.Request = None,
     **options: Any,
 ) -> Iterator[tuple]:
@@ -280,11 +290,15 @@ def generate(
 
     Advanced settings (partitions, lookahead, eta, guidance_scale, fps, height, width) left at "default" take the
     backbone's own values. Streams the video while it grows; the last output carries the whole MP4 (with its
-    settings in the metadata), the queue state and a share link.
+    settings in the metadata), the queue state and a share link. `start_from`, an uploaded picture or clip
+    (png, jpg, webp, mp4, webm, mov), starts the video from it: the video shows it, then `length` new frames.
     """
     settings = parse_inputs(
         prompt, negative_prompt, backbone, length, length_unit, seed, random_seed, schedule_rows=schedule, **options
     )
+    if start_from:
+        yield from _stream(SERVICE.generate_from_upload(settings, _sid(request), start_from), request)
+        return
     yield from _stream(SERVICE.generate(settings, _sid(request)), request)
 
 
@@ -580,6 +594,7 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
         ui.steer_btn = gr.Button("Change prompt", scale=2, elem_id="change-prompt", interactive=False, min_width=100)
         ui.stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False, min_width=60)
     ui.examples_row = gr.Column(elem_id="examples")
+    _upload_box(ui)
     with gr.Row():
         ui.backbone = gr.Dropdown(choices, value=DEFAULT_BACKBONE, label="Backbone", scale=3, min_width=120)
         ui.length = gr.Number(DEFAULT_SECONDS, label="Length", scale=2, min_width=80, elem_id="length")
@@ -627,6 +642,29 @@ def _inputs(ui: SimpleNamespace, choices: list[tuple[str, str]]) -> None:
         ui.state_upload = gr.File(label="Saved state (.pt)", file_types=[".pt"], type="filepath")
         ui.state_note = gr.Markdown(elem_id="state-note")
         ui.continue_btn = gr.Button("Continue")
+
+
+UPLOAD_HELP = (
+    "**Generate** continues your clip, or starts from your picture: the player shows it first, cropped to the model's "
+    "size, then **Length** new frames (the upload is not counted in the length). Up to {frames} frames, {seconds:g} s, "
+    "{mb:.0f} MB. Frames per rung must be 1. **A share link cannot carry your upload**: the link of such a run makes a "
+    "video from the prompt alone."
+)
+
+
+def _upload_box(ui: SimpleNamespace) -> None:
+    """The accordion of the visitor's own picture or clip, which Generate starts from."""
+    with gr.Accordion("Start from your own picture or clip", open=False, elem_id="upload-box"):
+        limits = {"frames": uploads.MAX_CLIP_FRAMES, "seconds": uploads.MAX_CLIP_SECONDS, "mb": uploads.MAX_BYTES / 2**20}
+        gr.Markdown(UPLOAD_HELP.format(**limits))
+        ui.upload = gr.File(
+            label=f"Picture or clip ({uploads.ALLOWED}); remove it to start from the prompt alone",
+            file_types=[*uploads.PICTURE_SUFFIXES, *uploads.CLIP_SUFFIXES],
+            type="filepath",
+            elem_id="upload",
+            height=90,
+        )
+        ui.upload_note = gr.Markdown(elem_id="upload-note")
 
 
 TABLE_SHAPE = "schedule must be a table of [frame, prompt] rows (or write 'FRAME: prompt' lines in the prompt)"
@@ -684,7 +722,7 @@ def _outputs(ui: SimpleNamespace) -> None:
     with gr.Row():
         ui.mp4_file = gr.File(label="Whole video (MP4)", interactive=False, elem_id="mp4", height=90)
         ui.state_file = gr.File(label="Queue state, to continue later", interactive=False, height=90)
-    ui.share = gr.Textbox(label="Share link: remakes this video exactly", interactive=False, buttons=["copy"], elem_id="share")
+    ui.share = gr.Textbox(label=SHARE_LABEL, interactive=False, buttons=["copy"], elem_id="share")
     with gr.Accordion("Run details (JSON)", open=False):
         ui.details = gr.JSON(label="progress", elem_id="details")
 
@@ -829,9 +867,10 @@ def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
     )
     refresh = {"fn": estimate, "inputs": est_inputs, "outputs": ui.estimate_md, **PRIVATE}
     seed_back = {"fn": seed_used, "inputs": [ui.details, ui.seed], "outputs": ui.seed, **PRIVATE}
+    label_back = {"fn": share_label, "inputs": ui.details, "outputs": ui.share, **PRIVATE}
     busy, idle = _with_steer(*_running(ui.generate_btn, ui.stop_btn, ui.extend_btn, ui.continue_btn), ui.steer_btn)
     runs = [
-        (ui.generate_btn.click, generate, gen_inputs, "generate"),
+        (ui.generate_btn.click, generate, [*gen_inputs, ui.upload], "generate"),
         (ui.extend_btn.click, extend, [ui.prompt, ui.extend_len, ui.extend_unit, ui.schedule], "extend"),
         (
             ui.continue_btn.click,
@@ -841,7 +880,8 @@ def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
         ),
     ]
     for trigger, fn, inputs, name in runs:  # after a run the estimate is refreshed: its rates were just measured
-        trigger(**busy).then(fn, inputs, gen_outputs, api_name=name, **gpu).then(**idle).then(**seed_back).then(**refresh)
+        run = trigger(**busy).then(fn, inputs, gen_outputs, api_name=name, **gpu).then(**idle).then(**seed_back)
+        run.then(**label_back).then(**refresh)
     for gpu_ex, ex in examples:
         if not gpu_ex:  # a toy example runs at once, streaming like Generate
             ex.load_input_event.then(**busy).then(generate, gen_inputs, gen_outputs, api_visibility="private", **gpu).then(**idle)
@@ -853,6 +893,7 @@ def _wire_make(ui: SimpleNamespace, examples: list[Any]) -> None:
     ui.backbone.input(lambda name: gr.update(choices=preset_choices(name), value=None) if name in BACKBONES else gr.skip(),
                       ui.backbone, ui.preset, **PRIVATE)  # fmt: skip
     ui.state_upload.change(SERVICE.describe_state, ui.state_upload, ui.state_note, **PRIVATE)
+    ui.upload.change(uploads.describe, ui.upload, ui.upload_note, **PRIVATE)
     preset_keys = ("partitions", "lookahead", "frames_per_rung")
     ui.preset.input(on_preset, [ui.preset, ui.backbone], [ui.options[k] for k in preset_keys], **PRIVATE)
 
@@ -933,7 +974,8 @@ def launch(**kwargs: Any) -> Any:
         kwargs.setdefault("mcp_server", True)
     kwargs.setdefault("theme", gr.themes.Soft(primary_hue="indigo", secondary_hue="pink"))
     kwargs.setdefault("css", CSS)
-    kwargs.setdefault("max_file_size", housekeeping.MAX_STATE_UPLOAD)  # the only upload is a saved state
+    # the largest upload: a saved state, or a picture or clip (which has its own, lower, limit)
+    kwargs.setdefault("max_file_size", max(housekeeping.MAX_STATE_UPLOAD, uploads.MAX_BYTES))
     kwargs.setdefault("footer_links", ["api", "gradio"])
     keep_freed_memory()  # the toy (and any model without a GPU) steps on this process's CPU: fifo/cpu.py
     housekeeping.reclaim_stale()  # scratch folders of servers that were killed (never a live one's)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fifo import FIFOState, FIFOStream
+from fifo.backbones.encoders import known_latents
 from fifo.engine import Step
 from fifo.parallel import PipelinedFIFOStream
 from fifo.video import ChunkWriter
@@ -32,6 +33,7 @@ from .models import MANAGER, LoadError
 from .sessions import StopFlag, VideoRecord
 from .settings import RunSettings
 from .steer import PromptChange, Steerer, Steering, SteerWork
+from .uploads import SHARE_NOTE, origin_metadata
 
 log = logging.getLogger("fifo_app")
 
@@ -54,6 +56,7 @@ class TrackSpec:
     label: str
     settings: RunSettings
     state: FIFOState | None = None
+    known: np.ndarray | None = None  # (N, H, W, 3) uint8 at the run's size: the upload's frames to continue (a new run only)
 
 
 @dataclass
@@ -153,7 +156,11 @@ def make_stream(spec: TrackSpec) -> FIFOStream:
     s = spec.settings
     bb = MANAGER.get(s.backbone)
     seed = None if spec.state is not None else s.seed
-    return PipelinedFIFOStream(bb, s.prompt, s.config(), seed, s.negative_prompt, s.height, s.width, spec.state)
+    known = None
+    if spec.known is not None and spec.state is None:  # encoded here, where the model is (another process on ZeroGPU)
+        r = s.resolved()
+        known = known_latents(bb, spec.known, r.height, r.width, max_latents=s.config().resolve(bb).queue_length)
+    return PipelinedFIFOStream(bb, s.prompt, s.config(), seed, s.negative_prompt, s.height, s.width, spec.state, known=known)
 
 
 def _snapshot(stream: FIFOStream) -> QueueSnapshot:
@@ -282,6 +289,7 @@ class Result:
     timings: list[dict[str, Any]]  # per track: label, seconds per frame
     chunks: list[Path] = field(default_factory=list)  # the MP4's chunks, in order (what Extend builds on)
     drift: driftview.LiveDrift | None = None  # per-second pixel statistics of the whole video (None: a comparison)
+    origin: str | None = None  # "picture" | "clip": the video starts from an upload
 
 
 @dataclass
@@ -330,6 +338,8 @@ class Update:
             )
             if r.drift is not None:
                 d["pixel_stats"] = r.drift.details()
+        if self.result is not None and self.result.origin:
+            d.update(started_from=f"an uploaded {self.result.origin}", share_note=SHARE_NOTE.format(what=self.result.origin))
         if self.note:
             d["note"] = self.note
         return d
@@ -351,6 +361,8 @@ class Job:
     labels: list[str] = field(default_factory=list)
     chunk_prefix: str = "chunk-"  # an extension writes into its base's folder, under a new prefix
     steer: Steering | None = None  # prompt changes while it streams (one-track runs)
+    origin: str | None = None  # "picture" | "clip": the video starts from an upload (its frames are `base`'s first)
+    lead_frames: int = 0  # frames before the queue's first (the upload's), which the prompt schedule does not count
 
 
 class _Clock:
@@ -566,7 +578,7 @@ class _Leases:
 
     def __init__(self, job: Job, lease_fn: Callable[[LeaseWork], Iterator[LeaseEvent]], stop: StopFlag) -> None:
         self.job, self.lease_fn, self.stop = job, lease_fn, stop
-        self.specs = [TrackSpec(t.label, t.settings, t.state) for t in job.tracks]
+        self.specs = [replace(t) for t in job.tracks]
         self.made = [0] * len(self.specs)
         self.stopped = False
         self.failure: LeaseFailure | None = None
@@ -715,6 +727,8 @@ def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Ite
     if out.drift is not None:
         out.drift.finish()
         meta.update(out.drift.metadata())
+    if job.origin:
+        meta = origin_metadata(meta, job.origin, job.lead_frames, settings_out is not None)
     name = job.name(total) if callable(job.name) else job.name
     mp4 = out.finish(name, meta)
     specs = leases.specs
@@ -725,7 +739,8 @@ def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Ite
     elapsed = progress.elapsed()
     timings = [{"label": t.label, "seconds_per_frame": round(elapsed / max(written, 1) / len(specs), 4)} for t in specs]
     result = Result(
-        mp4, total, written, settings_out, state_path, leases.stopped, elapsed, progress.leases, timings, out.chunks, out.drift
+        mp4, total, written, settings_out, state_path, leases.stopped, elapsed, progress.leases, timings, out.chunks, out.drift,
+        job.origin,
     )
     yield Update(
         "stopped" if leases.stopped else "done",

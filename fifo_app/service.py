@@ -18,9 +18,9 @@ from typing import Any
 from fifo import BACKBONES, FIFOConfig, FIFOState, PromptSchedule
 from fifo.config import APP_SETTINGS
 
-from . import housekeeping, steer, zerogpu
+from . import housekeeping, steer, uploads, zerogpu
 from .estimate import RateBook, format_seconds, plan_leases, work_for
-from .jobs import Job, LeaseEvent, LeaseWork, RunError, StepEvent, TrackSpec, Update, gpu_lease, lease, run_job
+from .jobs import CHUNK_SECONDS, Job, LeaseEvent, LeaseWork, RunError, StepEvent, TrackSpec, Update, gpu_lease, lease, run_job
 from .models import MANAGER, BackboneManager, LoadError
 from .sessions import Session, SessionStore, StopFlag, VideoRecord
 from .settings import (
@@ -166,8 +166,10 @@ class Service:
                         settings=r.settings or replace(s, frames=r.frames, prompt=job.steer.prompt if job.steer else s.prompt),
                         state_path=r.state_path,
                         mp4=r.mp4,
-                        reproducible=r.settings is not None,
+                        reproducible=r.settings is not None and job.origin is None,
                         drift=r.drift,
+                        origin=job.origin,
+                        lead_frames=job.lead_frames,
                     )
                     if old is not None and old.folder == job.folder:  # an extension: the old files are superseded
                         for p in (old.mp4, old.state_path):
@@ -202,6 +204,39 @@ class Service:
             name=lambda n: _name(settings, n),
             result_settings=lambda n: replace(settings, frames=n),
             progressive_mp4=self.progressive_mp4,
+        )
+        yield from self._run(session, job)
+
+    def generate_from_upload(self, settings: RunSettings, session_id: str | None, upload: str | os.PathLike) -> Iterator[Update]:
+        """Make a new video that continues an uploaded clip (or starts from a picture): the upload's frames, then the new ones."""
+        check_schedule_fits(settings.prompt, settings.frames)
+        yield from self._loading(settings)
+        self._check(settings)
+        bb = self._load(settings.backbone)
+        cfg = settings.config().resolve(bb)
+        if cfg.frames_per_rung != 1:
+            raise InputError(
+                f"frames_per_rung={cfg.frames_per_rung}: a run from an uploaded picture or clip holds its frames one per "
+                "rung; set frames per rung to 1 (or remove the upload)"
+            )
+        r = settings.resolved()
+        up = uploads.read_upload(upload, r.height, r.width, cfg.queue_length, bb.temporal_compression)
+        session = self.store.get(session_id)
+        folder = session.new_folder("video-")
+        chunks = uploads.write_chunks(up.shown, folder, r.fps, CHUNK_SECONDS)
+        lead = len(up.shown)
+        base = VideoRecord(folder, chunks, lead, r.fps, settings, None, folder / "upload.mp4", reproducible=False)
+        job = Job(
+            tracks=[TrackSpec("main", settings, known=up.known)],
+            frames=settings.frames,
+            fps=r.fps,
+            folder=folder,
+            name=lambda n: f"{_name(settings, n)}-from-{up.what}",
+            result_settings=lambda n: replace(settings, frames=n - lead),  # the link: the prompt alone
+            base=base,
+            progressive_mp4=self.progressive_mp4,
+            origin=up.what,
+            lead_frames=lead,
         )
         yield from self._run(session, job)
 
@@ -243,8 +278,9 @@ class Service:
             else None
         )
         state = FIFOState.load(base.state_path)
-        prompt_text = continue_schedule(base.settings.prompt, text, base.frames, state.earliest_change_frame(self._tc(state.backbone)))
-        check_schedule_fits(prompt_text, base.frames + frames)
+        made = base.frames - base.lead_frames  # the schedule counts the queue's frames, not an upload's before them
+        prompt_text = continue_schedule(base.settings.prompt, text, made, state.earliest_change_frame(self._tc(state.backbone)))
+        check_schedule_fits(prompt_text, made + frames)
         new = replace(base.settings, prompt=prompt_text, frames=base.frames + frames)
         self._check(replace(new, frames=frames), fresh=False)
         reproducible = base.reproducible
@@ -254,10 +290,12 @@ class Service:
             fps=base.fps,
             folder=base.folder,
             name=lambda n: _name(new, n),
-            result_settings=(lambda n: replace(new, frames=n)) if reproducible else (lambda n: None),
+            result_settings=(lambda n: replace(new, frames=n)) if reproducible else (lambda n: _upload_settings(new, base, n)),
             base=base,
             progressive_mp4=self.progressive_mp4,
             chunk_prefix=f"ext{base.frames:06d}-",
+            origin=base.origin,
+            lead_frames=base.lead_frames,
         )
         yield from self._run(session, job)
 
@@ -444,6 +482,9 @@ def _steering(job: Job) -> steer.Steering:
     spec = job.tracks[0]
     start = spec.state.frames_emitted if spec.state is not None else 0
     return steer.Steering(job.folder / "steer", spec.settings, start, job.frames)
+def _upload_settings(new: RunSettings, base: VideoRecord, frames: int) -> RunSettings | None:
+    """A video from an upload: the prompt-alone settings of its new frames (its link says it cannot carry the upload)."""
+    return replace(new, frames=frames - base.lead_frames) if base.origin else None
 
 
 def _area(bb, r: RunSettings) -> int:

@@ -60,6 +60,8 @@ class VideoRecord:
     mp4: Path
     reproducible: bool = True  # its settings remake it from scratch (not so when continued from an upload)
     drift: Any = None  # its per-second pixel statistics, kept open for Extend (fifo_app.driftview.LiveDrift)
+    origin: str | None = None  # "picture" | "clip": it starts from a visitor's upload
+    lead_frames: int = 0  # the upload's frames at its start, before the queue's first
 
 
 @dataclass

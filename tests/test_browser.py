@@ -342,3 +342,53 @@ def test_the_prompt_changes_while_the_video_streams(url, browser, tmp_path):
         assert f"{frame}%3A+a+red+ball+moving+up" in link, link
     finally:
         page.close()
+
+
+def test_a_video_continues_an_uploaded_clip(url, browser, tmp_path):
+    """Upload a toy clip, Generate: the player starts with the clip and grows; the share box says what its link cannot carry."""
+    import numpy as np
+
+    import fifo
+    from fifo.backbones.toy import ToyBackbone
+    from fifo.video import write_video
+
+    prompt = "a red ball moving right"
+    clip = np.stack(list(fifo.generate(ToyBackbone(height=128, width=128), prompt, 24, fifo.FIFOConfig(partitions=1), seed=3)))
+    write_video(tmp_path / "my-clip.mp4", clip, 12)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(url)
+        page.wait_for_selector("#generate", timeout=60_000)
+        page.locator("#prompt textarea").fill(prompt)
+        page.locator("#length input").fill("4")
+        page.locator("#upload-box").get_by_text("Start from your own picture or clip").click()
+        page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "my-clip.mp4"))
+        page.wait_for_function("document.querySelector('#upload')?.innerText.includes('my-clip.mp4')", timeout=30_000)
+        assert "cannot carry your upload" in page.locator("#upload-box").inner_text()
+        note = "document.querySelector('#upload-note')?.innerText.includes('A 128x128 clip of 2.0 s')"
+        page.wait_for_function(note, timeout=30_000)
+        page.locator("#generate").click()
+        durations: list[float] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(durations) < 3:
+            v = page.evaluate(VIDEO_STATE)
+            if v and v["duration"] and v["duration"] == v["duration"] and v["duration"] != float("inf"):
+                if not durations or v["duration"] > durations[-1]:
+                    durations.append(v["duration"])
+            time.sleep(0.25)
+        assert len(durations) >= 3, f"the video did not grow: durations seen {durations}"
+        assert durations[0] >= 1.9, f"the player did not start with the 2 s clip: {durations}"
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')", timeout=120_000)
+        assert "frame 72 of 72 (48 of 48 new)" in page.locator("#status").inner_text()  # 24 uploaded + 4 s at 12 fps
+        wait_idle(page)
+        page.wait_for_function("document.querySelector('#share')?.innerText.includes('prompt alone')", timeout=10_000)
+        page.wait_for_timeout(1500)  # the player loops the whole video
+        bottom = "document.querySelector('#upload-note').getBoundingClientRect().bottom + window.scrollY"
+        page.evaluate(f"window.scrollTo(0, Math.max(0, {bottom} - 890))")  # the upload and its note, the player above
+        page.wait_for_timeout(1000)
+        for sel in ("#upload", "#upload-note", "#live", "#status"):  # the upload next to the player and its progress
+            b = box(page, sel)
+            assert 0 <= b["y"] and b["y"] + b["height"] <= 900, f"{sel} is out of view: {b}"
+        shoot(page, "app-upload.png", tmp_path)
+    finally:
+        page.close()
