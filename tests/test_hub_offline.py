@@ -36,11 +36,18 @@ for name in sys.argv[1].split(","):
     t = time.time()
     try:
         bb = fifo.load_backbone(name, device="cpu", **json.loads(sys.argv[2]))
-        cfg = fifo.FIFOConfig(frames_per_window=4, partitions=1, lookahead=False)
+        layout = json.loads(sys.argv[3]) or ({"frames_per_window": 4} if bb.distilled is None else
+                                             {"frames_per_window": 2 * bb.distilled.steps, "frames_per_rung": 2})
+        cfg = fifo.FIFOConfig(partitions=1, lookahead=False, **layout)
+        rows = []  # batch rows through the denoiser's forward: windows, twice each with guidance
+        den = getattr(bb, "transformer", None) or getattr(bb, "unet", None)
+        forward = den.forward
+        den.forward = lambda *a, **k: (rows.append((k.get("hidden_states", a[0] if a else k.get("sample"))).shape[0]), forward(*a, **k))[1]
         frames = list(fifo.generate(bb, "a red ball moving right", 3, config=cfg, height=64, width=64, seed=1))
         out.append({"name": name, "ok": True, "frames": [list(f.shape) + [str(f.dtype)] for f in frames],
                     "flow_shift": getattr(bb, "flow_shift", None), "fps_condition": getattr(bb, "fps_condition", None),
-                    "rescaled": bb.noise_schedule.signal_scale is not None,
+                    "rescaled": bb.noise_schedule.signal_scale is not None, "rows": sum(rows), "calls": len(rows),
+                    "steps": None if bb.distilled is None else list(bb.distilled.timesteps),
                     "seconds": round(time.time() - t, 1)})
     except Exception as e:
         out.append({"name": name, "ok": False, "type": type(e).__name__, "message": str(e)})
@@ -48,14 +55,14 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def load_offline(hf_home: Path, names: list[str], timeout: int = 900, **kw) -> dict[str, dict]:
-    """Load (and stream from) `names` in a fresh offline process whose cache is `hf_home`."""
+def load_offline(hf_home: Path, names: list[str], timeout: int = 900, layout: dict | None = None, **kw) -> dict[str, dict]:
+    """Load (and stream from) `names` in a fresh offline process whose cache is `hf_home`; `layout`: FIFOConfig fields."""
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     env.pop("HF_TOKEN", None)
     env.pop("HF_HUB_CACHE", None)
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
-        [sys.executable, "-c", LOAD, ",".join(names), json.dumps(kw)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", LOAD, ",".join(names), json.dumps(kw), json.dumps(layout)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]
