@@ -186,6 +186,8 @@ def test_fastwan_streams_with_one_forward_per_window_half_the_base_models(tiny):
     # equal settings (f, n, b, lookahead): the base model runs guidance (5), two rows a window
     same = FIFOConfig(frames_per_window=15, partitions=1, frames_per_rung=5, lookahead=False)
     assert steady_rows_per_latent(base, same) == pytest.approx(2 / 5)
+    # the base model at its own defaults (f = 21, n = 2, lookahead, b = 1, guidance 5): 4 windows, 8 rows
+    assert steady_rows_per_latent(base, FIFOConfig()) == 8
     frames = list(fifo.generate(fast, "a red ball moving right", 9, height=64, width=64, seed=3))
     assert len(frames) == 9 and all(f.shape == (64, 64, 3) and f.dtype.name == "uint8" for f in frames)
 
