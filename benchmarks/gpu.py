@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py                 # CUDA, bf16, the five real models at their defaults
     python benchmarks/gpu.py --models videocrafter2 --variants default,compile
-    python benchmarks/gpu.py --smoke         # CPU, fp32, widths / 8, 64x64, f = 4 (a step-distilled model: f = its steps): checks the script
+    python benchmarks/gpu.py --smoke         # CPU, fp32, widths / 8, 64x64, f = 4 (distilled: its steps): checks the script
 
 Each model is built from the public configs in `tests/fixtures/hub/` (no download: random weights,
 initialised directly on the device) and run through `FIFOStream` at the registry's default size

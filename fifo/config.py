@@ -123,9 +123,9 @@ def _check_distilled(f: int, n: int, b: int, la: bool, guidance_scale: float, ba
     ok = num_rungs(f, n, b) == dist.steps and (f * n) % b == 0 and b in allowed_frames_per_rung(f, la)
     if not ok:
         ways = distilled_layouts(f, dist.steps)
+        blocks = " (one level a window: independent blocks)"
         said = "; ".join(
-            f"partitions={p}, frames_per_rung={r}, lookahead={'on' if l else 'off'}" + (" (one level a window: independent blocks)" if r == f else "")
-            for p, r, l in ways
+            f"partitions={p}, frames_per_rung={r}, lookahead={'on' if l else 'off'}" + (blocks if r == f else "") for p, r, l in ways
         )
         raise ValueError(
             f"frames_per_window={f}, partitions={n}, frames_per_rung={b}, lookahead={'on' if la else 'off'}: "

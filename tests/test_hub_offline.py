@@ -42,7 +42,7 @@ for name in sys.argv[1].split(","):
         rows = []  # batch rows through the denoiser's forward: windows, twice each with guidance
         den = getattr(bb, "transformer", None) or getattr(bb, "unet", None)
         forward = den.forward
-        den.forward = lambda *a, **k: (rows.append((k.get("hidden_states", a[0] if a else k.get("sample"))).shape[0]), forward(*a, **k))[1]
+        den.forward = lambda *a, **k: (rows.append((a[0] if a else k["hidden_states"]).shape[0]), forward(*a, **k))[1]
         frames = list(fifo.generate(bb, "a red ball moving right", 3, config=cfg, height=64, width=64, seed=1))
         out.append({"name": name, "ok": True, "frames": [list(f.shape) + [str(f.dtype)] for f in frames],
                     "flow_shift": getattr(bb, "flow_shift", None), "fps_condition": getattr(bb, "fps_condition", None),
@@ -62,7 +62,8 @@ def load_offline(hf_home: Path, names: list[str], timeout: int = 900, layout: di
     env.pop("HF_HUB_CACHE", None)
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
-        [sys.executable, "-c", LOAD, ",".join(names), json.dumps(kw), json.dumps(layout)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", LOAD, ",".join(names), json.dumps(kw), json.dumps(layout)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]

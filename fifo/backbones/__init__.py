@@ -3,4 +3,6 @@
 from .base import Backbone, BackboneDefaults, Decoder, Distilled, PREDICTION_TYPES
 from .registry import BACKBONES, BackboneSpec, load_backbone, register
 
-__all__ = ["Backbone", "BackboneDefaults", "Decoder", "Distilled", "PREDICTION_TYPES", "BACKBONES", "BackboneSpec", "load_backbone", "register"]
+__all__ = [
+    "Backbone", "BackboneDefaults", "Decoder", "Distilled", "PREDICTION_TYPES", "BACKBONES", "BackboneSpec", "load_backbone", "register",
+]  # fmt: skip

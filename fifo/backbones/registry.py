@@ -194,10 +194,11 @@ register(
             frames_per_rung=5,
         ),  # fmt: skip
         vram_gb=17.0,
-        summary="FastWan2.1 T2V 1.3B (Wan2.1 1.3B distilled to 3 steps, no guidance; 832x448, 15 latents a window); estimated VRAM",
+        summary="FastWan2.1 T2V 1.3B (Wan2.1 1.3B distilled to 3 steps, no guidance; 832x448, 15-latent windows); estimated VRAM",
         flow_shift=8.0,
         distilled=Distilled(timesteps=(1000.0, 757.0, 522.0), solver="renoise", guidance=False),
-        sources="timesteps 1000, 757, 522 and shift 8.0: FastVideo's FastWan2_1_T2V_480P_Config (dmd_denoising_steps, flow_shift); "
+        sources="timesteps 1000, 757, 522 and shift 8.0: FastVideo's FastWan2_1_T2V_480P_Config (dmd_denoising_steps, "
+        "flow_shift); "
         "x0 then fresh noise at the next timestep: FastVideo's DMD denoising stage; 61 frames at 448x832, 16 fps, 3 steps: "
         "FastVideo's FastWanT2V480PConfig sampling defaults",
     )
