@@ -9,6 +9,9 @@ and its preset in the app's settings.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,6 +179,14 @@ def test_fastwan_entry_records_its_sources():
     assert (d.frames_per_window, d.partitions, d.frames_per_rung, d.lookahead, d.guidance_scale) == (15, 1, 5, False, 1.0)
     assert (d.height, d.width, d.fps) == (448, 832, 16)
     assert "dmd_denoising_steps" in spec.sources and "FastWanT2V480PConfig" in spec.sources
+
+
+def test_the_command_line_lists_its_steps_and_layout():
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "fifo", "--list-backbones"], cwd=root, capture_output=True, text=True, timeout=120)
+    line = r.stdout.split(FASTWAN, 1)[1].splitlines()[1]
+    assert "f=15, n=1, lookahead=False, b=5," in line and "guidance=1.0" in line, line
+    assert "distilled: 3 steps at t=1000/757/522 (renoise); licence: Apache-2.0" in line, line
 
 
 def test_fastwan_streams_with_one_forward_per_window_half_the_base_models(tiny):
