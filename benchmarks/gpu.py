@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py                 # CUDA, bf16, the five real models at their defaults
     python benchmarks/gpu.py --models videocrafter2 --variants default,compile
-    python benchmarks/gpu.py --smoke         # CPU, fp32, widths / 8, 64x64, f = 4: checks the script
+    python benchmarks/gpu.py --smoke         # CPU, fp32, widths / 8, 64x64, f = 4 (distilled: its steps): checks the script
 
 Each model is built from the public configs in `tests/fixtures/hub/` (no download: random weights,
 initialised directly on the device) and run through `FIFOStream` at the registry's default size
@@ -84,6 +84,12 @@ def _peak_gb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
+def smoke_config(bb) -> FIFOConfig:
+    """The smoke run's layout: f = 4, n = 1, no lookahead; a step-distilled model's own step count as f."""
+    f = 4 if bb.distilled is None else bb.distilled.steps
+    return FIFOConfig(frames_per_window=f, partitions=1, lookahead=False, frames_per_rung=1)
+
+
 def run_one(name: str, variant: str, args, device: torch.device, dtype: torch.dtype) -> dict:
     """Build `name`, apply `variant`, stream, and measure."""
     import hub_cache
@@ -98,7 +104,7 @@ def run_one(name: str, variant: str, args, device: torch.device, dtype: torch.dt
     apply_gpu_options(bb, channels_last=variant == "channels_last", compile=variant == "compile")
     d = bb.defaults
     h, w = (64, 64) if args.smoke else (d.height, d.width)
-    cfg = FIFOConfig(frames_per_window=4, partitions=1, lookahead=False) if args.smoke else FIFOConfig()
+    cfg = smoke_config(bb) if args.smoke else FIFOConfig()
     tc = bb.temporal_compression
     counters = Counters(bb)
     if device.type == "cuda":

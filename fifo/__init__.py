@@ -6,13 +6,13 @@
     ...     pass  # frame: uint8 (H, W, 3), as soon as it is decoded
 """
 
-from .backbones import BACKBONES, Backbone, BackboneDefaults, BackboneSpec, Decoder, load_backbone
+from .backbones import BACKBONES, Backbone, BackboneDefaults, BackboneSpec, Decoder, Distilled, load_backbone
 from .backbones.encoders import known_latents, load_known
 from .config import FIFOConfig
 from .drift import DriftMeter
 from .engine import FIFOState, FIFOStream, generate, latents_for_frames
 from .prompts import PromptSchedule
-from .schedule import Ladder, NoiseSchedule, Window, make_ladder, windows
+from .schedule import Ladder, NoiseSchedule, Window, distilled_ladder, make_ladder, windows
 
 __all__ = [
     "BACKBONES",
@@ -20,6 +20,7 @@ __all__ = [
     "BackboneDefaults",
     "BackboneSpec",
     "Decoder",
+    "Distilled",
     "DriftMeter",
     "FIFOConfig",
     "FIFOState",
@@ -28,6 +29,7 @@ __all__ = [
     "NoiseSchedule",
     "PromptSchedule",
     "Window",
+    "distilled_ladder",
     "generate",
     "known_latents",
     "latents_for_frames",

@@ -61,11 +61,12 @@ def _list_backbones() -> None:
     from . import BACKBONES
 
     for spec in BACKBONES.values():
-        d = spec.defaults
+        d, dist = spec.defaults, spec.distilled
+        steps = "" if dist is None else f"; distilled: {dist.steps} steps at t={'/'.join(f'{t:g}' for t in dist.timesteps)} ({dist.solver})"
         print(
             f"{spec.name:22s} {spec.model_id or '(built in, no weights)'}\n"
             f"{'':22s} {d.width}x{d.height}, f={d.frames_per_window}, n={d.partitions}, lookahead={d.lookahead}, "
-            f"eta={d.eta}, guidance={d.guidance_scale}, fps={d.fps}; licence: {spec.licence}; "
+            f"b={d.frames_per_rung}, eta={d.eta}, guidance={d.guidance_scale}, fps={d.fps}{steps}; licence: {spec.licence}; "
             f"{'needs a GPU' if spec.needs_gpu else 'runs on a CPU'}"
         )
 

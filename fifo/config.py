@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .schedule import check_frames_per_rung, context_slots, num_rungs, windows
+from .schedule import allowed_frames_per_rung, check_frames_per_rung, context_slots, num_rungs, windows
 
 WARMUP_POLICIES = ("discard", "keep")
 
@@ -106,6 +106,37 @@ CONFIG_FIELDS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.config)
 _DEFAULTED = tuple(s.name for s in SETTINGS if s.config and s.default is None and s.name not in ("window_batch", "frames_per_rung"))
 
 
+def distilled_layouts(frames_per_window: int, steps: int, max_partitions: int = 64) -> list[tuple[int, int, bool]]:
+    """The (partitions, frames_per_rung, lookahead) that give a window of `f` frames exactly `steps` rungs."""
+    f = frames_per_window
+    out = []
+    for lookahead in (False, True):
+        for b in allowed_frames_per_rung(f, lookahead):
+            if (steps * b) % f == 0 and 1 <= steps * b // f <= max_partitions:
+                out.append((steps * b // f, b, lookahead))
+    return out
+
+
+def _check_distilled(f: int, n: int, b: int, la: bool, guidance_scale: float, backbone) -> None:
+    """A step-distilled backbone: the queue's rungs must be its steps, and guidance off where it was distilled in."""
+    dist, name = backbone.distilled, backbone.name
+    ok = num_rungs(f, n, b) == dist.steps and (f * n) % b == 0 and b in allowed_frames_per_rung(f, la)
+    if not ok:
+        ways = distilled_layouts(f, dist.steps)
+        blocks = " (one level a window: independent blocks)"
+        said = "; ".join(
+            f"partitions={p}, frames_per_rung={r}, lookahead={'on' if l else 'off'}" + (blocks if r == f else "") for p, r, l in ways
+        )
+        raise ValueError(
+            f"frames_per_window={f}, partitions={n}, frames_per_rung={b}, lookahead={'on' if la else 'off'}: "
+            f"{name} was distilled for {dist.steps} denoising steps (timesteps {', '.join(f'{t:g}' for t in dist.timesteps)}) "
+            f"and samples at no other level, so f * n / b must be {dist.steps}; "
+            + (f"with f={f} that is {said}" if ways else f"no layout gives that with f={f}")
+        )
+    if not dist.guidance and guidance_scale != 1:
+        raise ValueError(f"guidance_scale={guidance_scale!r}: {name} has classifier-free guidance distilled into it; use 1")
+
+
 def backbone_default(name: str, defaults: Any) -> Any:
     """The value setting `name` takes when left unset, with these backbone defaults."""
     s = SETTING[name]
@@ -143,8 +174,11 @@ class FIFOConfig:
         """A copy with every `None` field taken from `backbone.defaults`; checks the backbone's limits."""
         d = backbone.defaults
         cfg = dataclasses.replace(self, **{k: getattr(d, k) for k in _DEFAULTED if getattr(self, k) is None})
+        b = getattr(d, "frames_per_rung", 1) if cfg.frames_per_rung is None else cfg.frames_per_rung
+        if getattr(backbone, "distilled", None) is not None:  # before the layout check: its message names the layouts that work
+            _check_distilled(cfg.frames_per_window, cfg.partitions, b, cfg.lookahead, cfg.guidance_scale, backbone)
         if cfg.frames_per_rung is None:  # a backbone without the field: one frame per rung, the paper's FIFO
-            cfg = dataclasses.replace(cfg, frames_per_rung=getattr(d, "frames_per_rung", 1))
+            cfg = dataclasses.replace(cfg, frames_per_rung=b)
         check_frames_per_rung(cfg.frames_per_window, cfg.lookahead, cfg.frames_per_rung)
         if backbone.prediction_type == "flow" and cfg.eta != 0:
             raise ValueError(f"eta={cfg.eta!r}: {backbone.name} is a flow-matching model, whose Euler step is deterministic; use eta=0")

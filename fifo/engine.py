@@ -28,7 +28,7 @@ from .backbones.base import Backbone, video_frames_before
 from .config import FIFOConfig
 from .noise import BASE, ETA, FILL, TAIL, keyed_normal_frames
 from .prompts import PromptLike, PromptSchedule
-from .schedule import Window, make_ladder, per_slot, slot_timesteps, window_batches
+from .schedule import Ladder, Window, distilled_ladder, make_ladder, per_slot, slot_timesteps, window_batches
 from .solvers import step_coefficients
 
 Callback = Callable[[dict[str, Any]], Any]
@@ -266,6 +266,22 @@ class Step:
     warm_start: bool  # this pass ran the warm start (its time is not a typical step's)
 
 
+def backbone_ladder(backbone: Backbone, rungs: int) -> Ladder:
+    """The ladder a run samples on: a step-distilled model's own timesteps, else `rungs` spread over the schedule."""
+    distilled = getattr(backbone, "distilled", None)
+    if distilled is None:
+        return make_ladder(backbone.noise_schedule, rungs)
+    if rungs != distilled.steps:  # FIFOConfig.resolve refuses such a layout first, with the layouts that work
+        raise ValueError(f"rungs={rungs}: {backbone.name} samples at its {distilled.steps} distilled timesteps only")
+    return distilled_ladder(backbone.noise_schedule, distilled.timesteps)
+
+
+def backbone_solver(backbone: Backbone) -> str:
+    """The update rule of a backbone: "ode" (DDIM / flow Euler) unless a distilled model brings its own."""
+    distilled = getattr(backbone, "distilled", None)
+    return "ode" if distilled is None else distilled.solver
+
+
 def latents_for_frames(num_frames: int, temporal_compression: int) -> int:
     """Latent frames needed to decode `num_frames` video frames (causal VAEs: 1 + 4k)."""
     if temporal_compression == 1 or num_frames <= 0:
@@ -304,7 +320,7 @@ class FIFOStream:
         lh, lw = backbone.latent_size(self.height, self.width)
         self.latent_shape = (backbone.latent_channels, lh, lw)  # (C, lh, lw) of one latent frame
 
-        self.ladder = make_ladder(backbone.noise_schedule, cfg.rungs)
+        self.ladder = backbone_ladder(backbone, cfg.rungs)
         self.h, self.L, self.f = cfg.context, cfg.queue_length, cfg.frames_per_window
         self.b = cfg.frames_per_rung
         dev = backbone.device
@@ -312,7 +328,7 @@ class FIFOStream:
         self._slot_t = slot_timesteps(self.ladder, self.h, self.b).float().to(dev)  # (h + L,)
         lad = self.ladder
         self._coef64 = step_coefficients(  # (R,) per rung
-            lad.alphas, lad.sigmas, lad.next_alphas, lad.next_sigmas, backbone.prediction_type, cfg.eta
+            lad.alphas, lad.sigmas, lad.next_alphas, lad.next_sigmas, backbone.prediction_type, cfg.eta, backbone_solver(backbone)
         )
         # (1, L, 1, 1) per main slot: x' = c_x x + c_out out (+ c_noise z)
         self._coef = tuple(None if v is None else per_slot(v, self.b).float().to(dev).view(1, -1, 1, 1) for v in self._coef64)
@@ -562,7 +578,8 @@ class FIFOStream:
     # -- warm start, step -----------------------------------------------------------------------
 
     def _eta_noise(self, frames: list[int], step: int) -> torch.Tensor | None:
-        if self.config.eta == 0:
+        """The keyed noise a step adds to these frames (eta > 0, or the renoise solver); None when it adds none."""
+        if self._coef64[2] is None:
             return None
         n = keyed_normal_frames(self.latent_shape, self.seed, ETA, frames, [step] * len(frames))
         return n.to(self.backbone.device)

@@ -5,7 +5,7 @@ Three layers, each a drop-in for `FIFOStream` (same constructor, same frames, sa
 `PipelinedFIFOStream`
     The engine's loop with nothing on the denoiser's critical path that need not be there: the
     decode of step k runs in a worker thread while step k+1 denoises (`decode_ahead`); the keyed
-    noise of step k+1 (the tail frame and, for eta > 0, one draw per main slot) is drawn in a
+    noise of step k+1 (the tail frame and, for eta > 0 or the renoise solver, one draw per main slot) is drawn in a
     second worker meanwhile. The step itself is the engine's. It never steps further than the
     frames asked for need, and `state()` first waits for decodes in flight, so resume is exact and
     the frames are bit-identical to `FIFOStream`'s.
@@ -92,14 +92,14 @@ class PipelinedFIFOStream(FIFOStream):
                      would otherwise stall the GPU between steps; off on a CPU, where the thread
                      hand-off (the GIL) costs about what a cheap decode saves
       prefetch_noise draw the next step's keyed noise in a worker thread meanwhile. None: on
-                     for CUDA, and for eta > 0 (L draws per step, 1-5 ms of CPU work)
+                     for CUDA, and where steps add noise (eta > 0, the renoise solver: L draws per step, 1-5 ms of CPU work)
     """
 
     def __init__(self, *args: Any, decode_ahead: bool | None = None, prefetch_noise: bool | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cuda = torch.device(self.backbone.device).type == "cuda"
         self.decode_ahead = cuda if decode_ahead is None else bool(decode_ahead)
-        self.prefetch_noise = (cuda or self.config.eta != 0) if prefetch_noise is None else bool(prefetch_noise)
+        self.prefetch_noise = (cuda or self._coef64[2] is not None) if prefetch_noise is None else bool(prefetch_noise)
         self._inflight: deque[tuple[Future, int]] = deque()  # decodes submitted, not yet collected
         self._inflight_frames = 0
         self._decode_pool: ThreadPoolExecutor | None = None

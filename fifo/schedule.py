@@ -124,15 +124,38 @@ def make_ladder(schedule: NoiseSchedule, length: int) -> Ladder:
         s = np.linspace(1.0 * T, sigma_min * T, length)[::-1].copy() / T
         s = torch.from_numpy(_shift(s, schedule.shift)).double()
         timesteps, alphas, sigmas = s * T, 1 - s, s
+    return _ladder(schedule.kind, timesteps, alphas, sigmas)
+
+
+def distilled_ladder(schedule: NoiseSchedule, timesteps) -> Ladder:
+    """A step-distilled model's ladder: exactly its sampling timesteps (given noisiest first), rung 0 the least noisy.
+
+    Flow models: sigma = t / T, the relation the model was trained with (a flow scheduler's
+    timesteps are its shifted sigmas times T, so no shift enters). VP models: `alphas_cumprod[t]`,
+    integer t only.
+    """
+    t = [float(v) for v in timesteps]
+    T = schedule.num_train_timesteps
+    if not t or any(not a > b for a, b in zip(t, t[1:])) or not 0 < t[-1] <= t[0] <= T:
+        raise ValueError(f"timesteps={tuple(t)!r}: must be strictly decreasing, in (0, {T}]")
+    ts = torch.tensor(t[::-1], dtype=torch.float64)  # (R,) ascending: rung 0 first
+    if schedule.kind == "flow":
+        sigmas = ts / T
+        return _ladder("flow", ts, 1 - sigmas, sigmas)
+    if any(v != int(v) or v >= T for v in t):
+        raise ValueError(f"timesteps={tuple(t)!r}: a vp schedule takes integer timesteps in [0, {T - 1}]")
+    idx = ts.long()
+    ac = torch.tensor(schedule.alphas_cumprod, dtype=torch.float64)[idx]
+    alphas = ac.sqrt()
+    if schedule.signal_scale is not None:
+        alphas = alphas * torch.tensor(schedule.signal_scale, dtype=torch.float64)[idx]
+    return _ladder("vp", ts, alphas, (1 - ac).sqrt())
+
+
+def _ladder(kind: str, timesteps: torch.Tensor, alphas: torch.Tensor, sigmas: torch.Tensor) -> Ladder:
+    """A Ladder from per-rung values, head first; each rung steps to the one before, rung 0 to clean (1, 0)."""
     one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
-    return Ladder(
-        schedule.kind,
-        timesteps,
-        alphas,
-        sigmas,
-        torch.cat([one, alphas[:-1]]),
-        torch.cat([zero, sigmas[:-1]]),
-    )
+    return Ladder(kind, timesteps, alphas, sigmas, torch.cat([one, alphas[:-1]]), torch.cat([zero, sigmas[:-1]]))
 
 
 def videocrafter_signal_scale(

@@ -8,6 +8,8 @@ Legend (diffusers / paper -> names here), with x_t = alpha * x_0 + sigma * eps:
     sqrt(1 - alpha_bar_t)        sigma        (vp);  sigma_t     (flow)
     the same at the next rung    next_alpha, next_sigma  (clean: 1, 0)
     eta                          eta          DDIM stochasticity, 0 = deterministic
+    solver                       "ode"        DDIM / flow Euler (the probability-flow ODE, eta noise aside)
+                                 "renoise"    x_0, then fresh noise at the next rung (DMD, consistency models)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import torch
 
 Tensor = torch.Tensor
+SOLVERS = ("ode", "renoise")
 
 
 def to_x0_eps(x: Tensor, out: Tensor, alpha: Tensor, sigma: Tensor, prediction_type: str) -> tuple[Tensor, Tensor]:
@@ -55,6 +58,21 @@ def flow_euler_step(x: Tensor, v: Tensor, sigma: Tensor, next_sigma: Tensor) -> 
     return x + (next_sigma - sigma) * v
 
 
+def renoise_step(
+    x: Tensor,
+    out: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    next_alpha: Tensor,
+    next_sigma: Tensor,
+    prediction_type: str,
+    noise: Tensor,
+) -> Tensor:
+    """Few-step distilled sampling (DMD, consistency models): the clean estimate, noised afresh to the next rung."""
+    x0, _ = to_x0_eps(x, out, alpha, sigma, prediction_type)
+    return next_alpha * x0 + next_sigma * noise
+
+
 def solver_step(
     x: Tensor,
     out: Tensor,
@@ -75,14 +93,33 @@ def solver_step(
 
 
 def step_coefficients(
-    alpha: Tensor, sigma: Tensor, next_alpha: Tensor, next_sigma: Tensor, prediction_type: str, eta: float = 0.0
+    alpha: Tensor,
+    sigma: Tensor,
+    next_alpha: Tensor,
+    next_sigma: Tensor,
+    prediction_type: str,
+    eta: float = 0.0,
+    solver: str = "ode",
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """`solver_step` as `x' = c_x x + c_out out + c_noise z`, per rung (`c_noise` None for eta = 0).
+    """`solver_step` ("ode") or `renoise_step` as `x' = c_x x + c_out out + c_noise z`, per rung
+    (`c_noise` None where no noise enters: the ODE step with eta = 0).
 
     Every update here is linear in (x, model output, noise) with coefficients that depend only on
     the rung, so the engine computes them once per run (in float64) instead of every step.
     """
     a, s, na, ns = alpha, sigma, next_alpha, next_sigma
+    if solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r}: allowed are {SOLVERS}")
+    if solver == "renoise":
+        if eta != 0:
+            raise ValueError(f"eta={eta}: the renoise step draws all of its next-rung noise afresh; use eta=0")
+        if prediction_type == "flow":  # x0 = x - s out
+            return na, -na * s, ns
+        if prediction_type == "epsilon":  # x0 = (x - s out) / a
+            return na / a, -na * s / a, ns
+        if prediction_type == "v_prediction":  # x0 = a x - s out
+            return na * a, -na * s, ns
+        raise ValueError(f"prediction_type={prediction_type!r}: allowed are 'epsilon', 'v_prediction', 'flow'")
     if prediction_type == "flow":
         if eta != 0:
             raise ValueError(f"eta={eta}: flow Euler is deterministic, use eta=0")

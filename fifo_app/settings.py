@@ -459,6 +459,7 @@ def _unprintable(text: str) -> bool:
 # -- speed presets ----------------------------------------------------------------------------------
 
 PRESETS = ("paper", "quality", "fast")
+DISTILLED_PRESET = "distilled"  # the one preset of a step-distilled backbone
 
 
 def presets(backbone: str) -> dict[str, dict[str, Any]]:
@@ -468,25 +469,34 @@ def presets(backbone: str) -> dict[str, dict[str, Any]]:
     rung (the largest the window allows up to f/4, with lookahead), "fast" also halves the partitions;
     "paper" is the paper's FIFO (b = 1) at the backbone's partitions. Calls a frame count window
     calls per latent frame, doubled where the backbone's default guidance runs two passes.
+    A step-distilled backbone has one preset, "distilled": the only layouts it runs have as many
+    rungs as it has steps, and its defaults are the one with diagonal windows (docs/few-step.md).
     """
     from fifo.schedule import allowed_frames_per_rung
 
-    d = BACKBONES[check_backbone(backbone)].defaults
+    spec = BACKBONES[check_backbone(backbone)]
+    d = spec.defaults
+    if spec.distilled is not None:
+        return {DISTILLED_PRESET: _preset(d, d.partitions, d.lookahead, d.frames_per_rung, 2 if spec.distilled.guidance else 1)}
     b = max(x for x in allowed_frames_per_rung(d.frames_per_window, True) if x <= max(1, d.frames_per_window // 4))
     layouts = {"paper": (d.partitions, 1), "quality": (d.partitions, b), "fast": (max(1, d.partitions // 2), b)}
     guided = 2 if d.guidance_scale > 1 else 1
-    out = {}
-    for name, (n, rung) in layouts.items():
-        cfg = FIFOConfig(frames_per_window=d.frames_per_window, partitions=n, lookahead=True, eta=d.eta,
-                         guidance_scale=d.guidance_scale, fps=d.fps, frames_per_rung=rung)
-        out[name] = {"partitions": n, "lookahead": True, "frames_per_rung": rung,
-                     "calls_per_frame": cfg.windows_per_frame * guided, "steps_per_frame": cfg.rungs}
-    return out
+    return {name: _preset(d, n, True, rung, guided) for name, (n, rung) in layouts.items()}
+
+
+def _preset(d: Any, partitions: int, lookahead: bool, frames_per_rung: int, guided: int) -> dict[str, Any]:
+    """One preset's settings and its cost: window calls a latent frame (times the guidance passes) and steps a frame."""
+    cfg = FIFOConfig(frames_per_window=d.frames_per_window, partitions=partitions, lookahead=lookahead, eta=d.eta,
+                     guidance_scale=d.guidance_scale, fps=d.fps, frames_per_rung=frames_per_rung)  # fmt: skip
+    return {"partitions": partitions, "lookahead": lookahead, "frames_per_rung": frames_per_rung,
+            "calls_per_frame": cfg.windows_per_frame * guided, "steps_per_frame": cfg.rungs}  # fmt: skip
 
 
 def preset_choices(backbone: str) -> list[tuple[str, str]]:
     """(label, name) of each preset, the label giving its cost a frame against the paper's."""
     p = presets(backbone)
+    if "paper" not in p:  # a step-distilled backbone: no b = 1 layout to compare with
+        return [(f"{name}: {v['calls_per_frame']:g} calls/frame, {v['steps_per_frame']} steps", name) for name, v in p.items()]
     paper = p["paper"]["calls_per_frame"]
     return [
         (f"{name}: {v['calls_per_frame']:g} calls/frame, {100 * v['calls_per_frame'] / paper:.3g}% of the paper's", name)

@@ -283,4 +283,6 @@ def build_backbone(name: str, k: int = 1, device: str | torch.device = "cpu", dt
         vae = vae.float().eval().requires_grad_(False)  # fp32, as the adapter loads it
         extra = {"fps_condition": spec.fps_condition} if skyreels else {}
         cls = SkyReelsDFBackbone if skyreels else WanBackbone
+        if spec.distilled is not None:
+            extra["distilled"] = spec.distilled
         return cls(tf, vae, te, tok, scheduler, flow_shift=spec.flow_shift, **extra, **opts)

@@ -113,7 +113,7 @@ def table_rows(text: str, first_header: str) -> list[list[str]]:
 
 
 def sampled_as(spec) -> str:
-    """The models table's noise-level column: flow shift, fps fed to the model, latent rescale."""
+    """The models table's noise-level column: flow shift, fps fed to the model, latent rescale, distilled steps."""
     parts = []
     if spec.flow_shift is not None:
         parts.append(f"shift {spec.flow_shift:g}")
@@ -122,6 +122,9 @@ def sampled_as(spec) -> str:
     if spec.latent_rescale is not None:
         a, b, mid = spec.latent_rescale
         parts.append(f"rescale {a:g}→{b:g} below t={mid}")
+    if spec.distilled is not None:
+        t = "/".join(f"{v:g}" for v in spec.distilled.timesteps)
+        parts.append(f"{spec.distilled.steps} steps at t={t} ({spec.distilled.solver}), b={spec.defaults.frames_per_rung}")
     return ", ".join(parts) or "–"
 
 
@@ -160,7 +163,7 @@ def table_mismatches(text: str) -> list[str]:
 
 def test_the_docs_are_where_the_readme_says():
     names = {p.name for p in DOCS}
-    assert {"README.md", "app.md", "official.md", "frontier.md", "known-frames.md", "drift.md", "benchmarks.md", "quality.md", "toy-world.md", "design.md", "development.md"} <= names
+    assert {"README.md", "app.md", "official.md", "frontier.md", "known-frames.md", "drift.md", "benchmarks.md", "quality.md", "toy-world.md", "design.md", "development.md", "few-step.md"} <= names
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)

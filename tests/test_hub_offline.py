@@ -1,4 +1,4 @@
-"""The five registry models as a user meets them: real configs, a Hub cache as `hf download` fills it, offline.
+"""The registry models as a user meets them: real configs, a Hub cache as `hf download` fills it, offline.
 
 Each repository is built from the public configs in `tests/fixtures/hub/` (widths scaled down,
 every structural choice real, random weights, the transformer and UMT5 encoder sharded with an
@@ -36,11 +36,18 @@ for name in sys.argv[1].split(","):
     t = time.time()
     try:
         bb = fifo.load_backbone(name, device="cpu", **json.loads(sys.argv[2]))
-        cfg = fifo.FIFOConfig(frames_per_window=4, partitions=1, lookahead=False)
+        layout = json.loads(sys.argv[3]) or ({"frames_per_window": 4} if bb.distilled is None else
+                                             {"frames_per_window": 2 * bb.distilled.steps, "frames_per_rung": 2})
+        cfg = fifo.FIFOConfig(partitions=1, lookahead=False, **layout)
+        rows = []  # batch rows through the denoiser's forward: windows, twice each with guidance
+        den = getattr(bb, "transformer", None) or getattr(bb, "unet", None)
+        forward = den.forward
+        den.forward = lambda *a, **k: (rows.append((a[0] if a else k["hidden_states"]).shape[0]), forward(*a, **k))[1]
         frames = list(fifo.generate(bb, "a red ball moving right", 3, config=cfg, height=64, width=64, seed=1))
         out.append({"name": name, "ok": True, "frames": [list(f.shape) + [str(f.dtype)] for f in frames],
                     "flow_shift": getattr(bb, "flow_shift", None), "fps_condition": getattr(bb, "fps_condition", None),
-                    "rescaled": bb.noise_schedule.signal_scale is not None,
+                    "rescaled": bb.noise_schedule.signal_scale is not None, "rows": sum(rows), "calls": len(rows),
+                    "steps": None if bb.distilled is None else list(bb.distilled.timesteps),
                     "seconds": round(time.time() - t, 1)})
     except Exception as e:
         out.append({"name": name, "ok": False, "type": type(e).__name__, "message": str(e)})
@@ -48,14 +55,15 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def load_offline(hf_home: Path, names: list[str], timeout: int = 900, **kw) -> dict[str, dict]:
-    """Load (and stream from) `names` in a fresh offline process whose cache is `hf_home`."""
+def load_offline(hf_home: Path, names: list[str], timeout: int = 900, layout: dict | None = None, **kw) -> dict[str, dict]:
+    """Load (and stream from) `names` in a fresh offline process whose cache is `hf_home`; `layout`: FIFOConfig fields."""
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     env.pop("HF_TOKEN", None)
     env.pop("HF_HUB_CACHE", None)
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
-        [sys.executable, "-c", LOAD, ",".join(names), json.dumps(kw)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", LOAD, ",".join(names), json.dumps(kw), json.dumps(layout)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -100,7 +108,7 @@ def test_cache_has_the_hf_download_layout(hf_home):
             assert "text_encoder/model.safetensors.index.json" in rel
 
 
-def test_all_five_load_offline_from_the_cache_and_stream(hf_home):
+def test_all_load_offline_from_the_cache_and_stream(hf_home):
     results = load_offline(hf_home, NAMES)
     for name in NAMES:
         r = results[name]
@@ -114,6 +122,21 @@ def test_all_five_load_offline_from_the_cache_and_stream(hf_home):
     assert results["skyreels-v2-df-1.3b"]["flow_shift"] == 8.0
     assert results["videocrafter2"]["fps_condition"] == 8.0
     assert [n for n in NAMES if results[n]["rescaled"]] == ["videocrafter2"]  # VideoCrafter's use_scale
+    assert [n for n in NAMES if results[n]["steps"]] == ["fastwan2.1-1.3b"]
+    assert results["fastwan2.1-1.3b"]["steps"] == [1000.0, 757.0, 522.0] and results["fastwan2.1-1.3b"]["flow_shift"] == 8.0
+
+
+def test_the_step_distilled_model_runs_one_forward_a_window_half_the_base_models(hf_home):
+    """FastWan2.1 and its base model at equal settings (f = 6, n = 1, b = 2: 3 rungs), loaded from the cache:
+    the same windows, one transformer row each for the distilled model, two (guidance) for the base."""
+    layout = {"frames_per_window": 6, "frames_per_rung": 2}
+    results = load_offline(hf_home, ["fastwan2.1-1.3b", "wan2.1-1.3b"], layout=layout)
+    fast, base = results["fastwan2.1-1.3b"], results["wan2.1-1.3b"]
+    assert fast["ok"] and base["ok"], results
+    assert fast["frames"] == base["frames"] and len(fast["frames"]) == 3
+    # warm start (3 calls) + 1 step (1 window): 3 video frames from the first 2 latents of a causal VAE
+    assert fast["calls"] == base["calls"] == 4, results
+    assert (fast["rows"], base["rows"]) == (4, 8), results
 
 
 def test_user_options_override_the_registry_defaults(hf_home):
@@ -159,7 +182,7 @@ def test_missing_files_are_named_and_other_failures_reported_as_they_are(hf_home
 def test_gpu_benchmark_smoke_runs_on_the_cpu():
     """`benchmarks/gpu.py --smoke`: the full script at tiny width, one UNet and one transformer."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "benchmarks/gpu.py", "--smoke", "--models", "videocrafter2,wan2.1-1.3b"]
+    cmd = [sys.executable, "benchmarks/gpu.py", "--smoke", "--models", "videocrafter2,wan2.1-1.3b,fastwan2.1-1.3b"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     main_table, estimate = proc.stdout.split("FLOP-based estimate")
@@ -170,4 +193,7 @@ def test_gpu_benchmark_smoke_runs_on_the_cpu():
     # video frame for an image VAE, four for Wan's causal VAE
     assert vc[0] == "default" and vc[3] == "1.00" and float(vc[1]) > 0 and 0 < float(vc[4]) <= 100, vc
     assert wan[3] == "0.25" and float(wan[1]) > 0, wan
+    # the step-distilled model: f = 3 (its 3 steps), n = 1, b = 1, no guidance: one window row per step
+    fast = rows["fastwan2.1-1.3b"]
+    assert fast[3] == "0.25" and float(fast[1]) > 0 and "f=3" in fast[-1], fast
     assert "12.37 s per frame" in estimate and "GFLOP per frame" in estimate

@@ -22,6 +22,7 @@ def test_registry_defaults_and_their_sources():
         "videocrafter2": (None, 8.0),
         "wan2.1-1.3b": (3.0, None),
         "skyreels-v2-df-1.3b": (8.0, 24.0),
+        "fastwan2.1-1.3b": (8.0, None),
     }
     for name, (shift, fps) in expect.items():
         spec = fifo.BACKBONES[name]
@@ -33,7 +34,7 @@ def test_registry_defaults_and_their_sources():
 @pytest.mark.parametrize(
     "name, kw, match",
     [
-        ("toy", {"flow_shift": 5.0}, r"flow_shift=5.0: toy has no such input \(it applies to wan2.1-1.3b, skyreels-v2-df-1.3b\)"),
+        ("toy", {"flow_shift": 5.0}, r"flow_shift=5.0: toy has no such input \(it applies to wan2.1-1.3b, skyreels-v2-df-1.3b, fastwan2.1-1.3b\)"),
         ("modelscope", {"fps_condition": 12}, r"fps_condition=12: modelscope has no such input"),
     ],
 )

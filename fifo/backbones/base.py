@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..schedule import NoiseSchedule
+from ..solvers import SOLVERS
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
 
@@ -38,6 +39,33 @@ class BackboneDefaults:
     height: int
     width: int
     frames_per_rung: int = 1  # b: latent frames per noise level (1: the paper's FIFO)
+
+
+@dataclass(frozen=True)
+class Distilled:
+    """How a step-distilled model is sampled: at the levels it was distilled for only, by its own update.
+
+    Legend: `timesteps` are the model timesteps its authors sample at, noisiest first (FastVideo's
+    `dmd_denoising_steps`); `solver` "renoise" takes the clean estimate and noises it afresh to
+    the next level (DMD and consistency-model sampling), "ode" the DDIM / flow Euler step;
+    `guidance` False means classifier-free guidance was distilled into the weights.
+    """
+
+    timesteps: tuple[float, ...]
+    solver: str = "renoise"
+    guidance: bool = False
+
+    def __post_init__(self) -> None:
+        t = tuple(self.timesteps)
+        if not t or any(not a > b for a, b in zip(t, t[1:])) or t[-1] <= 0:
+            raise ValueError(f"timesteps={t!r}: must be a non-empty, strictly decreasing sequence of positive timesteps")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver={self.solver!r}: allowed are {SOLVERS}")
+
+    @property
+    def steps(self) -> int:
+        """Denoising steps per sample: the rungs a FIFO queue over this model must have."""
+        return len(self.timesteps)
 
 
 class Decoder(ABC):
@@ -66,6 +94,7 @@ class Backbone(ABC):
     spatial_compression: int = 8  # pixels per latent pixel, each side
     defaults: BackboneDefaults
     noise_schedule: NoiseSchedule
+    distilled: Distilled | None = None  # a step-distilled model: its own levels, update and guidance
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 

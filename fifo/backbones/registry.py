@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Backbone, BackboneDefaults
+from .base import Backbone, BackboneDefaults, Distilled
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class BackboneSpec:
     flow_shift: float | None = None  # flow models: the sigma shift (replaces the shipped scheduler's)
     fps_condition: float | None = None  # frame-rate-conditioned models: the rate fed to the model
     latent_rescale: tuple[float, float, int] | None = None  # VideoCrafter's use_scale: (scale_a, scale_b, mid_step)
+    distilled: Distilled | None = None  # step-distilled models: the timesteps, update rule and guidance they were distilled for
     sources: str = ""  # where the defaults above come from
 
 
@@ -65,6 +66,8 @@ def load_backbone(name: str, device: str | torch.device | None = None, dtype: to
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.model_id is not None:  # the toy world has no name or defaults to be told
         kw = {"name": spec.name, "defaults": spec.defaults, **kw}
+        if spec.distilled is not None:
+            kw.setdefault("distilled", spec.distilled)
     return cls.from_pretrained(spec.model_id, device=device, dtype=dtype, **kw)
 
 
@@ -169,5 +172,34 @@ register(
         fps_condition=24.0,
         sources="shift 8.0: diffusers' SkyReels-V2 documentation for text-to-video (the shipped scheduler config has none: 1.0); "
         "fps 24: the documentation's 540P example (the model takes two classes, 16 and anything else)",
+    )
+)
+
+
+# -- step-distilled models: sampled at their own few levels, one forward per window ---------------
+# FastWan2.1 1.3B (FastVideo's DMD + sparse-attention distillation of Wan2.1 T2V 1.3B): 3 steps at
+# timesteps 1000, 757, 522, each taking the clean estimate and noising it afresh to the next level,
+# no guidance. Its sampling clip is 61 frames = 16 latents at 448x832; 3 rungs need f * n / b = 3,
+# which no b allows at f = 16, so f = 15 latents (57 frames, inside the distilled length), one
+# partition, b = 5, lookahead off (with an odd f lookahead allows b = 1 only). docs/few-step.md.
+
+register(
+    BackboneSpec(
+        name="fastwan2.1-1.3b",
+        cls="wan:WanBackbone",
+        model_id="FastVideo/FastWan2.1-T2V-1.3B-Diffusers",
+        licence="Apache-2.0",
+        defaults=BackboneDefaults(
+            frames_per_window=15, partitions=1, lookahead=False, eta=0.0, guidance_scale=1.0, fps=16, height=448, width=832,
+            frames_per_rung=5,
+        ),  # fmt: skip
+        vram_gb=17.0,
+        summary="FastWan2.1 T2V 1.3B (Wan2.1 1.3B distilled to 3 steps, no guidance; 832x448, 15-latent windows); estimated VRAM",
+        flow_shift=8.0,
+        distilled=Distilled(timesteps=(1000.0, 757.0, 522.0), solver="renoise", guidance=False),
+        sources="timesteps 1000, 757, 522 and shift 8.0: FastVideo's FastWan2_1_T2V_480P_Config (dmd_denoising_steps, "
+        "flow_shift); "
+        "x0 then fresh noise at the next timestep: FastVideo's DMD denoising stage; 61 frames at 448x832, 16 fps, 3 steps: "
+        "FastVideo's FastWanT2V480PConfig sampling defaults",
     )
 )

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import BackboneDefaults, Decoder
+from .base import BackboneDefaults, Decoder, Distilled
 from .diffusers_common import DiffusersBackbone, to_uint8
 from .hub import apply_cpu_offload, default_device, hub_call, load_scheduler, load_tokenizer, probe_repo
 
@@ -114,6 +114,7 @@ class WanBackbone(DiffusersBackbone):
         max_sequence_length: int = 512,
         flow_shift: float | None = None,
         device: str | torch.device | None = None,
+        distilled: Distilled | None = None,
     ) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -123,6 +124,7 @@ class WanBackbone(DiffusersBackbone):
         self.tokenizer, self.scheduler = tokenizer, scheduler
         self.name = name
         self.defaults = defaults or _FALLBACK
+        self.distilled = distilled  # a step-distilled checkpoint: sampled at its own timesteps (see base.Distilled)
         self.native_frames = self.defaults.frames_per_window
         self.device = torch.device(device) if device is not None else transformer.device
         self.dtype = transformer.dtype
