@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 from gradio_client import Client
 from test_app import FAST, PROMPT, free_port
+from test_browser import ARGS, CHROMIUM, VIDEO_STATE
 
 from fifo.video import ChunkWriter, probe_video, read_video
 from fifo_app import media
@@ -28,17 +30,22 @@ needs_probe = pytest.mark.skipif(not (shutil.which("ffmpeg") and shutil.which("f
 
 
 @pytest.fixture(scope="module")
-def client():
+def url():
     import app
 
     if not app.STREAMING:
         pytest.skip("the app streams HLS pieces only with ffmpeg and ffprobe on PATH")
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    c = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    yield f"http://127.0.0.1:{port}/"
+    app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    c = Client(url, verbose=False)
     yield c
     c.close()
-    app.demo.close()
 
 
 def chunk_of(frames: list[np.ndarray], folder) -> str:
@@ -100,3 +107,28 @@ def test_extend_by_a_length_leaving_short_tails(client):
 def test_compare_with_a_short_last_piece(client, frames):
     out = client.predict(PROMPT, "toy", frames, "frames", 3, 1, "off", None, 2, "on", None, api_name="/compare")
     assert probe_video(out[1])["frames"] == frames
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing")
+def test_the_browser_plays_a_stream_whose_last_piece_holds_two_frames(url):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    n = 4 * PER_CHUNK + 2
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_selector("#generate", timeout=60_000)
+            page.locator("#prompt textarea").fill(PROMPT)
+            page.locator("#length input").fill(f"{n / FPS:.4f}")  # seconds, the default unit
+            page.locator("#generate").click()
+            page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')", timeout=120_000)
+            assert f"frame {n} of {n}" in page.locator("#status").inner_text()
+            # the player's timeline reaches the last piece: every piece, the two-frame one included, was taken
+            reached = f"(() => {{ const v = document.querySelector('#live video'); return v && v.duration > {(n - 1) / FPS}; }})()"
+            page.wait_for_function(reached, timeout=30_000)
+            v = page.evaluate(VIDEO_STATE)
+            assert v["duration"] == pytest.approx(n / FPS, abs=0.05), v
+        finally:
+            browser.close()
