@@ -145,6 +145,9 @@ class VideoWriter:
     def _format_args(self) -> list[str]:
         return ["-movflags", mp4_movflags(self.metadata), "-f", "mp4"]
 
+    def _complete(self, tmp: Path) -> None:
+        """Last touches to the finished file before it moves into place."""
+
     def _start(self, w: int, h: int) -> None:
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", str(self.fps), "-i", "pipe:0"]
@@ -211,6 +214,7 @@ class VideoWriter:
         if rc != 0:
             self._fail(f"ffmpeg exited with status {rc}")
         try:
+            self._complete(self._tmp)
             os.replace(self._tmp, self.path)
         except OSError as e:
             self._fail(f"cannot move the finished video into place: {e}")
@@ -237,6 +241,10 @@ class VideoWriter:
             self.abort()
 
 
+_TS_NULL_PACKET = b"\x47\x1f\xff\x10" + b"\xff" * 184  # sync byte, PID 0x1FFF, payload only
+_TS_MIN_PACKETS = 16
+
+
 class _TSChunk(VideoWriter):
     def __init__(self, path: Path, fps: float, offset: float, crf: int, preset: str) -> None:
         super().__init__(path, fps, crf=crf, preset=preset)
@@ -247,6 +255,17 @@ class _TSChunk(VideoWriter):
         # B-frames the first chunk's negative DTS gets shifted) and consecutive chunks abut.
         return ["-bf", "0", "-output_ts_offset", f"{self.offset:.6f}", "-muxdelay", "0", "-muxpreload", "0",
                 "-f", "mpegts"]
+
+    def _complete(self, tmp: Path) -> None:
+        # Readers that guess the container from the bytes (ffprobe and ffmpeg without -f, as Gradio's
+        # streaming player calls them) take a TS of under 11 * 204 bytes (libavformat's mpegts probe
+        # wants more than 10 packets of its largest, 204-byte kind) for MPEG-PS, then fail with "End of
+        # file": a chunk of one or two flat frames is that small. Null packets (PID 0x1FFF), which
+        # every demuxer drops, bring it up to a size no probe misreads; frames and timestamps are untouched.
+        size = tmp.stat().st_size
+        if size < _TS_MIN_PACKETS * 188:
+            with open(tmp, "ab") as f:
+                f.write(_TS_NULL_PACKET * (_TS_MIN_PACKETS - size // 188))
 
 
 def retag_video(path: str | os.PathLike, metadata: dict[str, str]) -> None:
