@@ -32,7 +32,7 @@ def test_the_generate_endpoint_publishes_one_parameter_per_declared_setting():
     names = list(inspect.signature(app.generate).parameters)
     at = names.index("random_seed") + 1
     assert names[at : at + len(APP_SETTINGS)] == [x.name for x in APP_SETTINGS]
-    assert names[-2:] == ["schedule", "request"]
+    assert names[-3:] == ["schedule", "start_from", "request"]
 
 
 def test_a_new_declaration_is_a_new_checked_field():
