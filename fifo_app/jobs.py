@@ -683,14 +683,19 @@ def _steered(job: Job, leases: _Leases, ev: StepEvent, progress: _Progress, writ
     """Record the prompt changes a lease reports; the next lease makes its stream from the recorded schedule."""
     if job.steer is None or not ev.prompt_changes:
         return False
-    job.steer.record(ev.prompt_changes, progress.base_frames + written, *_pace(progress))
+    job.steer.record(ev.prompt_changes, _queue_frames(job, progress, written), *_pace(progress))
     spec = leases.specs[ev.track]
     spec.settings = replace(spec.settings, prompt=job.steer.prompt)
     return True
 
 
 def _steer_note(job: Job, progress: _Progress, written: int) -> str:
-    return job.steer.status(progress.base_frames + written, *_pace(progress)) if job.steer else ""
+    return job.steer.status(_queue_frames(job, progress, written), *_pace(progress)) if job.steer else ""
+
+
+def _queue_frames(job: Job, progress: _Progress, written: int) -> int:
+    """Frames made so far as a prompt schedule counts them: an uploaded clip's frames at the start are not the queue's."""
+    return progress.base_frames - job.lead_frames + written
 
 
 def _pace(progress: _Progress) -> tuple[float, bool]:

@@ -481,7 +481,7 @@ def _steering(job: Job) -> steer.Steering:
     """A one-track run's prompt changes: requests go into its folder; frames count from its state's first new one."""
     spec = job.tracks[0]
     start = spec.state.frames_emitted if spec.state is not None else 0
-    return steer.Steering(job.folder / "steer", spec.settings, start, job.frames)
+    return steer.Steering(job.folder / "steer", spec.settings, start, job.frames, lead=job.lead_frames)
 def _upload_settings(new: RunSettings, base: VideoRecord, frames: int) -> RunSettings | None:
     """A video from an upload: the prompt-alone settings of its new frames (its link says it cannot carry the upload)."""
     return replace(new, frames=frames - base.lead_frames) if base.origin else None

@@ -139,8 +139,10 @@ def check_prompt(prompt: Any, entry: Any) -> tuple[str, str]:
 class Steering:
     """One run's prompt changes on the host: requests written for the lease, outcomes recorded and told."""
 
-    def __init__(self, folder: Path, settings: RunSettings, start: int, frames: int) -> None:
+    def __init__(self, folder: Path, settings: RunSettings, start: int, frames: int, lead: int = 0) -> None:
         self.folder = Path(folder)
+        # Frames count as the schedule counts them (the queue's); an uploaded clip plays `lead` frames before them
+        self.lead = lead
         shutil.rmtree(self.folder, ignore_errors=True)  # an Extend reuses its video's folder: no old request survives
         self.folder.mkdir(parents=True)
         self.run = settings
@@ -192,7 +194,7 @@ class Steering:
             for c in changes:
                 self.outcomes[c.id] = c
                 self.last = c
-                self.messages[c.id] = c.refused or when(c, on_screen, seconds_per_frame, measured)
+                self.messages[c.id] = c.refused or when(c, on_screen, seconds_per_frame, measured, self.lead)
                 self.reported = max(self.reported, c.id)
                 if c.frame is not None:
                     self.prompt = c.schedule
@@ -230,17 +232,24 @@ class Steering:
             return ""
         last = self.taken[-1]
         if self.closed and last.frame > on_screen:  # stopped before it showed: recorded, so Extend goes on with it
-            return f"'{last.prompt[:60]}' takes over at frame {last.frame}, after this video's end: Extend goes on with it"
-        return when(last, on_screen, seconds_per_frame, measured)
+            return f"'{last.prompt[:60]}' takes over at {_frame(last.frame, self.lead)}, after this video's end: Extend goes on with it"
+        return when(last, on_screen, seconds_per_frame, measured, self.lead)
 
 
-def when(change: PromptChange, on_screen: int, seconds_per_frame: float, measured: bool) -> str:
-    """'moving up' takes over at frame 97 (in about 4 s at the current speed): frames to go times seconds per frame."""
-    frame, left = change.frame, change.frame - on_screen
+def when(change: PromptChange, on_screen: int, seconds_per_frame: float, measured: bool, lead: int = 0) -> str:
+    """'moving up' takes over at frame 97 (in about 4 s at the current speed): frames to go times seconds per frame.
+
+    `on_screen` and the change's frame count the queue's frames; `lead` uploaded frames play before them."""
+    left = change.frame - on_screen
     if left <= 0:
-        return f"'{change.prompt[:60]}' took over at frame {frame}"
+        return f"'{change.prompt[:60]}' took over at {_frame(change.frame, lead)}"
     pace = "at the current speed" if measured else "by the estimate"
-    return f"'{change.prompt[:60]}' takes over at frame {frame} (in about {format_seconds(left * seconds_per_frame)} {pace})"
+    return f"'{change.prompt[:60]}' takes over at {_frame(change.frame, lead)} (in about {format_seconds(left * seconds_per_frame)} {pace})"
+
+
+def _frame(frame: int, lead: int) -> str:
+    """A frame as the page names it: after an upload, both the schedule's number and the video's."""
+    return f"new frame {frame} (video frame {frame + lead})" if lead else f"frame {frame}"
 
 
 def ask(steering: Steering | None, prompt: Any, entry: Any, check: Callable[[str], None]) -> dict[str, Any]:

@@ -280,3 +280,41 @@ def test_the_status_line_follows_the_latest_change(tmp_path):
     stopped.record((steer.PromptChange(1, UP, 40, f"0: {RIGHT}\n40: {UP}"),), 20, 0.5, True)
     stopped.close()
     assert stopped.status(30, 0.5, True) == f"'{UP}' takes over at frame 40, after this video's end: Extend goes on with it"
+
+
+def test_a_change_in_a_run_from_an_upload_counts_the_frames_the_schedule_counts(tmp_path):
+    """A run that continues an uploaded clip plays the clip first; a change's frame counts new frames only
+    (as the share link's schedule does), so the page says it is still to come and names both numbers."""
+    import fifo
+    from fifo.video import write_video
+    from fifo_app import uploads
+
+    s = settings.parse_inputs(RIGHT, "", "toy", 40, "frames", 3, False, 1, "on", height=64, width=64)
+    clip = np.stack(list(fifo.generate(fifo.load_backbone("toy"), RIGHT, 32, s.config(), seed=0)))
+    write_video(tmp_path / "clip.mp4", clip, 12)
+    up = uploads.read_upload(tmp_path / "clip.mp4", 64, 64, queue_length=16)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    base = sessions.VideoRecord(folder, uploads.write_chunks(up.shown, folder, 12, jobs.CHUNK_SECONDS), 32, 12, s, None,
+                                folder / "x.mp4", reproducible=False)  # fmt: skip
+    job = jobs.Job([jobs.TrackSpec("main", s, known=up.known)], 40, 12, folder, "v", lambda n: s, base=base,
+                   origin="clip", lead_frames=32)  # fmt: skip
+    job.steer = steer.Steering(folder / "steer", s, 0, 40, lead=32)
+    notes: list[tuple[int, str]] = []
+
+    def lease_fn(work):
+        for ev in jobs.lease(work):
+            if isinstance(ev, jobs.StepEvent) and ev.frames is not None and not job.steer.sent:
+                job.steer.request(UP, "tail")
+            yield ev
+
+    for u in jobs.run_job(job, lease_fn, sessions.StopFlag(folder / "STOP"), estimate.RateBook()):
+        if u.note and UP in u.note:
+            notes.append((u.frames_done, u.note))
+    (change,) = job.steer.taken
+    assert 0 < change.frame < 40
+    first_done, first = notes[0]
+    assert first_done < change.frame  # recorded before it shows ...
+    assert f"takes over at new frame {change.frame} (video frame {change.frame + 32})" in first and "in about" in first
+    assert f"took over at new frame {change.frame}" in notes[-1][1]  # ... and shown as done by the end
+    assert job.steer.settings(s).prompt == f"0: {RIGHT}\n{change.frame}: {UP}"
