@@ -232,7 +232,8 @@ class Steering:
             return ""
         last = self.taken[-1]
         if self.closed and last.frame > on_screen:  # stopped before it showed: recorded, so Extend goes on with it
-            return f"'{last.prompt[:60]}' takes over at {_frame(last.frame, self.lead)}, after this video's end: Extend goes on with it"
+            at = _frame(last.frame, self.lead)
+            return f"'{last.prompt[:60]}' takes over at {at}, after this video's end: Extend goes on with it"
         return when(last, on_screen, seconds_per_frame, measured, self.lead)
 
 
@@ -244,7 +245,8 @@ def when(change: PromptChange, on_screen: int, seconds_per_frame: float, measure
     if left <= 0:
         return f"'{change.prompt[:60]}' took over at {_frame(change.frame, lead)}"
     pace = "at the current speed" if measured else "by the estimate"
-    return f"'{change.prompt[:60]}' takes over at {_frame(change.frame, lead)} (in about {format_seconds(left * seconds_per_frame)} {pace})"
+    at, eta = _frame(change.frame, lead), format_seconds(left * seconds_per_frame)
+    return f"'{change.prompt[:60]}' takes over at {at} (in about {eta} {pace})"
 
 
 def _frame(frame: int, lead: int) -> str:
