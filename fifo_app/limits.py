@@ -13,6 +13,9 @@ estimate) and again in the run loop (a run past it stops like Stop, keeping what
     FIFO_MAX_WAITING      2      requests waiting, per page (session)
     FIFO_GPU_SLOTS        1      runs at once (each needs its own GPU)
     FIFO_MAX_PROMPT_CHANGES 16   prompt changes a visitor may send into one running video
+    FIFO_MAX_UPLOAD_MB    64     a picture or clip to start from: the file
+    FIFO_MAX_UPLOAD_S     30     ... a clip's seconds
+    FIFO_MAX_UPLOAD_FRAMES 300   ... a clip's frames
 """
 
 from __future__ import annotations
@@ -41,3 +44,8 @@ QUEUE_SIZE = int(_env("FIFO_QUEUE_SIZE", 16))
 MAX_WAITING_PER_SESSION = int(_env("FIFO_MAX_WAITING", 2))
 GPU_SLOTS = int(_env("FIFO_GPU_SLOTS", 1))
 MAX_PROMPT_CHANGES = int(_env("FIFO_MAX_PROMPT_CHANGES", 16))  # each adds a schedule entry and a prompt to encode
+# a picture or clip to start from (fifo_app/uploads.py): checked before it is decoded, or while
+MAX_UPLOAD_BYTES = int(_env("FIFO_MAX_UPLOAD_MB", 64) * 2**20)
+MAX_UPLOAD_PIXELS = 4096 * 4096  # width * height the header declares (a small file can declare a huge picture)
+MAX_UPLOAD_FRAMES = int(_env("FIFO_MAX_UPLOAD_FRAMES", 300))  # frames of a clip (all are shown)
+MAX_UPLOAD_SECONDS = _env("FIFO_MAX_UPLOAD_S", 30)

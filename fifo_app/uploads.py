@@ -30,6 +30,7 @@ import numpy as np
 from fifo.backbones.encoders import causal_count, fit_frames
 from fifo.video import ChunkWriter
 
+from .limits import MAX_UPLOAD_BYTES, MAX_UPLOAD_FRAMES, MAX_UPLOAD_PIXELS, MAX_UPLOAD_SECONDS
 from .settings import InputError
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -37,19 +38,9 @@ CLIP_SUFFIXES = (".mp4", ".webm", ".mov")
 ALLOWED = ", ".join(s[1:] for s in PICTURE_SUFFIXES + CLIP_SUFFIXES)
 
 
-def _env(name: str, default: float) -> float:
-    try:
-        value = float(os.environ.get(name, default))
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
-# Read at call time (module attributes), so a deployment or a test can change them.
-MAX_BYTES = int(_env("FIFO_MAX_UPLOAD_MB", 64) * 2**20)  # the file itself
-MAX_PIXELS = 4096 * 4096  # width * height the header declares, checked before decoding
-MAX_CLIP_FRAMES = int(_env("FIFO_MAX_UPLOAD_FRAMES", 300))  # frames of a clip (all are shown)
-MAX_CLIP_SECONDS = _env("FIFO_MAX_UPLOAD_S", 30)
+# Module names of the caps in limits.py, read at call time, so a deployment or a test can change them.
+MAX_BYTES, MAX_PIXELS = MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS
+MAX_CLIP_FRAMES, MAX_CLIP_SECONDS = MAX_UPLOAD_FRAMES, MAX_UPLOAD_SECONDS
 FIT_BATCH = 16  # a clip is fitted a few frames at a time: full-size frames are never all held
 
 

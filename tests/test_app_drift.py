@@ -15,14 +15,13 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from gradio_client import Client
 
 from fifo.drift import MEASURES, measure
 from fifo.video import probe_video, read_video
 from fifo_app import driftview
 from fifo_app.driftview import COLOUR, FLICKER, RATIO_CAP, SERIES, LiveDrift, plot_rows
 
-from test_app import FAST, PROMPT, free_port
+from test_app import FAST, PROMPT
 
 FPS = 4
 
@@ -112,16 +111,7 @@ def test_an_extension_continues_the_whole_videos_figures():
 # -- through the app's HTTP API ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def client():
-    import app
-
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    c = Client(f"http://127.0.0.1:{port}/", verbose=False)
-    yield c
-    c.close()
-    app.demo.close()
+from test_app_visitor import client  # noqa: E402,F401  (the fixture: the app on loopback, one client)
 
 
 def plot_of(outputs) -> dict | None:

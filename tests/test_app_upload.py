@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 import subprocess
 import zlib
@@ -26,19 +25,15 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import fifo
-from fifo.backbones.toy import ToyBackbone, clip_positions, locate_sprite, parse_prompt
+from fifo.backbones.toy import ToyBackbone
 from fifo.video import probe_video, read_video, write_video
 from fifo_app import settings, uploads
+from test_app import free_port
+from test_known_frames import is_true_clip, positions
 
 PROMPT = "a red ball moving right"
 RUN = {"partitions": 1, "height": 64, "width": 64, "random_seed": False}  # L = f = 16, lookahead on (the toy's default)
 CFG = fifo.FIFOConfig(partitions=1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +56,6 @@ def client(server):
 @pytest.fixture(scope="module")
 def bb():
     return ToyBackbone(height=64, width=64)
-
-
-def positions(bb, prompt: str, frames: np.ndarray) -> np.ndarray:
-    return locate_sprite(parse_prompt(prompt), bb.encode_frames(frames)).numpy()
-
-
-def is_true_clip(bb, prompt: str, pos: np.ndarray) -> bool:
-    """The positions (F, 2) are one of the toy world's true clips: one path, one direction, one speed."""
-    true = clip_positions(parse_prompt(prompt), len(pos), *bb.latent_size(64, 64)).numpy()
-    return bool((true == pos[None]).all(axis=(1, 2)).any())
 
 
 def run(client: Client, upload: Path | None, frames: int, prompt: str = PROMPT, seed: int = 5, **kw):
