@@ -230,3 +230,28 @@ def test_a_continued_video_with_a_new_prompt_is_remade_by_its_recorded_schedule(
     # the stream's own earliest frame agrees (a resumed stream knows the steps that ran before it)
     assert state.earliest_change_frame() == fifo.FIFOStream(bb, RIGHT, state=state).earliest_change_frame()
     assert PromptSchedule.parse(text).entries[-1] == (state.earliest_change_frame(), UP)
+
+
+@pytest.mark.parametrize("family", ["unet3d", "wan"])
+def test_a_real_model_family_takes_a_change_mid_stream_and_remakes_it(family):
+    """Tiny random-weight UNet3D and Wan: a change mid-stream encodes the new prompt, is recorded, and
+    the recorded schedule remakes the video; frames before the change are the unchanged run's."""
+    from test_backbones import unet_backbone, wan_backbone
+
+    bb = unet_backbone(False) if family == "unet3d" else wan_backbone(False)
+    h, w = bb.defaults.height, bb.defaults.width
+    n = 12 if family == "unet3d" else 16  # a 4x causal VAE gives 4 frames per latent
+    plain = np.stack(list(fifo.generate(bb, "a red ball", n, seed=2)))
+    s = fifo.FIFOStream(bb, "a red ball", seed=2)
+    frames, at = [], None
+    for frame in s.frames(n):
+        frames.append(frame)
+        if at is None:
+            at = s.change_prompt("a blue cat")
+    frames = np.stack(frames)
+    assert frames.shape == (n, h, w, 3) and 0 < at < n
+    assert s.schedule.to_text() == f"0: a red ball\n{at}: a blue cat"
+    again = np.stack(list(fifo.generate(bb, s.schedule.to_text(), n, seed=2)))
+    assert np.array_equal(again, frames)
+    assert np.array_equal(frames[:1], plain[:1])  # out before the change was sent
+    assert not np.array_equal(frames[at:], plain[at:])  # from the recorded frame on it is another video
