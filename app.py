@@ -224,8 +224,8 @@ def _stream(updates: Iterator[Update], request: gr.Request | None) -> Iterator[t
             yield _video_value(u), gr.skip(), gr.skip(), _status_html(u), _queue_image(u), gr.skip(), _drift_value(u), u.as_dict()
         else:
             link = (
-                _share_url(request, r.settings.to_query())
-                if r.settings is not None
+                _share_url(request, r.link.to_query())
+                if r.link is not None
                 else "(continued from an uploaded state: no link can remake it)"
             )
             yield (

@@ -42,6 +42,12 @@ class PromptSchedule:
             if not any(b):
                 object.__setattr__(self, "blends", ())
 
+    def before(self, frame: int) -> "PromptSchedule":
+        """Only the entries that start before video frame `frame` (the first always stays), with their blends."""
+        keep = [k for k, (start, _) in enumerate(self.entries) if k == 0 or start < frame]
+        blends = tuple(self.blends[k] for k in keep) if self.blends else ()
+        return PromptSchedule(tuple(self.entries[k] for k in keep), blends)
+
     @classmethod
     def parse(cls, text: str) -> "PromptSchedule":
         """Parse lines `FRAME: prompt` (blank lines and `#` comments skipped); plain text is one prompt."""

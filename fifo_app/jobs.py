@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fifo import FIFOState, FIFOStream
+from fifo import FIFOState, FIFOStream, PromptSchedule
 from fifo.backbones.encoders import known_latents
 from fifo.engine import Step
 from fifo.parallel import PipelinedFIFOStream
@@ -290,6 +290,11 @@ class Result:
     chunks: list[Path] = field(default_factory=list)  # the MP4's chunks, in order (what Extend builds on)
     drift: driftview.LiveDrift | None = None  # per-second pixel statistics of the whole video (None: a comparison)
     origin: str | None = None  # "picture" | "clip": the video starts from an upload
+    link: RunSettings | None = None  # what a share link carries: `settings` less the entries no window read
+
+    def __post_init__(self) -> None:
+        if self.link is None:
+            self.link = self.settings
 
 
 @dataclass
@@ -333,7 +338,7 @@ class Update:
                 frames_in_video=r.frames,
                 stopped=r.stopped,
                 seed=r.settings.seed if r.settings else None,
-                share_query=r.settings.to_query() if r.settings else None,
+                share_query=r.link.to_query() if r.link else None,
                 timings=r.timings,
             )
             if r.drift is not None:
@@ -724,9 +729,10 @@ def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Ite
     if job.steer is not None:  # the run is over: a change that no lease took is too late
         job.steer.close()
         settings_out = job.steer.settings(settings_out)
+    link = _read_part(settings_out, leases.specs) if leases.stopped else settings_out
     meta = (
-        settings_out.metadata()
-        if settings_out is not None
+        link.metadata()
+        if link is not None
         else {"comment": "made by the fifo-video app, continued from an uploaded state"}
     )
     if out.drift is not None:
@@ -745,7 +751,7 @@ def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Ite
     timings = [{"label": t.label, "seconds_per_frame": round(elapsed / max(written, 1) / len(specs), 4)} for t in specs]
     result = Result(
         mp4, total, written, settings_out, state_path, leases.stopped, elapsed, progress.leases, timings, out.chunks, out.drift,
-        job.origin,
+        job.origin, link,
     )
     yield Update(
         "stopped" if leases.stopped else "done",
@@ -765,6 +771,20 @@ def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Ite
     )
     if failure is not None:
         raise RunError(_failure_message(failure, job, written))
+
+
+def _read_part(settings: RunSettings | None, specs: list[TrackSpec]) -> RunSettings | None:
+    """A stopped run's settings less the schedule entries that no window read before the stop.
+
+    Such an entry (a prompt typed for later, a change still on its way) shaped no frame of the
+    video, so the settings without it remake the video exactly, and a link to them asks for no
+    prompt after the video's end. Extend still goes on with it (from the run's own settings)."""
+    state = specs[0].state if len(specs) == 1 else None
+    if settings is None or state is None:
+        return settings
+    unread = state.earliest_change_frame(MANAGER.get(state.backbone).temporal_compression)
+    kept = PromptSchedule.parse(settings.prompt).before(unread)
+    return replace(settings, prompt=kept.to_text())
 
 
 def _failure_message(f: LeaseFailure, job: Job, written: int) -> str:

@@ -191,9 +191,9 @@ class Service:
 
     def generate(self, settings: RunSettings, session_id: str | None) -> Iterator[Update]:
         """Make a new video."""
-        check_schedule_fits(settings.prompt, settings.frames)
         yield from self._loading(settings)
         self._check(settings)
+        check_schedule_fits(settings.prompt, settings.frames, self._reach(settings))
         session = self.store.get(session_id)
         fps = settings.resolved().fps
         job = Job(
@@ -209,9 +209,9 @@ class Service:
 
     def generate_from_upload(self, settings: RunSettings, session_id: str | None, upload: str | os.PathLike) -> Iterator[Update]:
         """Make a new video that continues an uploaded clip (or starts from a picture): the upload's frames, then the new ones."""
-        check_schedule_fits(settings.prompt, settings.frames)
         yield from self._loading(settings)
         self._check(settings)
+        check_schedule_fits(settings.prompt, settings.frames, self._reach(settings))
         bb = self._load(settings.backbone)
         cfg = settings.config().resolve(bb)
         if cfg.frames_per_rung != 1:
@@ -258,6 +258,12 @@ class Service:
             "(the estimate above is for Generate); it adds **Extend by** more."
         )
 
+    def _reach(self, settings: RunSettings) -> int:
+        """Video frames past a video's end whose prompts its queue may still read: the queue and one window."""
+        bb = self._load(settings.backbone)
+        cfg = settings.config().resolve(bb)
+        return (cfg.queue_length + cfg.frames_per_window) * bb.temporal_compression
+
     def _tc(self, backbone: str) -> int:
         """Video frames per latent frame of a backbone (1 until a model that compresses time is loaded)."""
         bb = self.models._loaded.get(backbone)
@@ -280,7 +286,8 @@ class Service:
         state = FIFOState.load(base.state_path)
         made = base.frames - base.lead_frames  # the schedule counts the queue's frames, not an upload's before them
         prompt_text = continue_schedule(base.settings.prompt, text, made, state.earliest_change_frame(self._tc(state.backbone)))
-        check_schedule_fits(prompt_text, made + frames)
+        if text is not None:  # the recorded schedule may go on past the end (a stopped run's later prompts): it is kept
+            check_schedule_fits(prompt_text, made + frames, self._reach(base.settings))
         new = replace(base.settings, prompt=prompt_text, frames=base.frames + frames)
         self._check(replace(new, frames=frames), fresh=False)
         reproducible = base.reproducible
@@ -329,13 +336,14 @@ class Service:
         frames = frames_for_length(length, unit, fps)
         new_text = build_schedule(prompt, schedule_rows).to_text() if typed else None
         text = continue_schedule(recorded, new_text, state.frames_emitted, state.earliest_change_frame(self._tc(state.backbone)))
-        check_schedule_fits(text, state.frames_emitted + frames)
         recorded_settings = {s.name: c[s.name] if s.config else getattr(state, s.name) for s in APP_SETTINGS}
         settings = parse_inputs(
             text, state.meta.get("negative_prompt", ""), state.backbone, frames, "frames", state.seed, False, **recorded_settings
         )
         yield from self._loading(settings)
         self._check(settings, fresh=False)
+        if typed:  # as for Extend: a recorded schedule may go on past the end
+            check_schedule_fits(text, state.frames_emitted + frames, self._reach(settings))
         session = self.store.get(session_id)
         job = Job(
             tracks=[TrackSpec("main", settings, state)],
@@ -492,9 +500,12 @@ def _area(bb, r: RunSettings) -> int:
     return lh * lw
 
 
-def check_schedule_fits(prompt: str, end: int) -> None:
-    """Refuse a prompt that starts at or after the video's last frame `end` (it would never be seen)."""
-    late = [f for f, _ in PromptSchedule.parse(prompt).entries if f >= end > 0 and f > 0]
+def check_schedule_fits(prompt: str, end: int, reach: int = 0) -> None:
+    """Refuse a prompt that no window of a video of `end` frames would read: one starting at or after
+    `end + reach`, where `reach` bounds the frames the queue holds past the video's last frame (a
+    window reads its middle frame's prompt, so a prompt starting just after the end may still shape
+    the last frames, and a stopped run's link may carry one)."""
+    late = [f for f, _ in PromptSchedule.parse(prompt).entries if f >= end + reach and f > 0 and end > 0]
     if late:
         raise InputError(
             f"the prompt at frame {late[0]} starts after the video ends ({end} frames): give it an earlier frame, or a longer length"

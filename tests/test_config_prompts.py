@@ -65,3 +65,11 @@ def test_prompt_schedule_parsing():
         PromptSchedule.parse("0: a\n9: b\n3: c")
     with pytest.raises(ValueError, match="prompt at frame 4 is empty"):
         PromptSchedule.coerce({0: "a", 4: " "})
+
+
+def test_a_schedule_before_a_frame_keeps_earlier_entries_and_their_fades():
+    s = PromptSchedule.parse("0: a\n10~4: b\n20: c\n30~2: d")
+    assert s.before(20).to_text() == "0: a\n10~4: b"
+    assert s.before(31).to_text() == "0: a\n10~4: b\n20: c\n30~2: d"
+    assert s.before(0).to_text() == "a"  # the first prompt always stays
+    assert PromptSchedule.parse("0: a\n10: b").before(10).to_text() == "a"
