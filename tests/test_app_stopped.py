@@ -36,7 +36,7 @@ def run_until_stopped(svc: Service, sid: str, s: settings.RunSettings, stop_at: 
     return u
 
 
-@pytest.mark.parametrize("later", [200, 40])  # 200: no window read it; 40: windows may have read it (3-4 queue frames on)
+@pytest.mark.parametrize("later", [200, 40])  # 200: no window reads it before the stop; 40: just past it, read by windows or not
 def test_a_stopped_schedule_runs_link_remakes_it_and_extend_goes_on(tmp_path, later):
     svc = Service(progressive_mp4=True, store=SessionStore(tmp_path / "sessions"))
     typed = f"0: {RIGHT}\n{later}: {UP}\n250: {LEFT}"
