@@ -119,11 +119,8 @@ class Service:
             r = settings.resolved()
             bb.latent_size(r.height, r.width)
             _ = cfg.windows  # building the layout checks it
-            if not BACKBONES[settings.backbone].needs_gpu:  # encoding is cheap here: catch unknown words now
-                for p in settings.schedule.prompts:
-                    if settings.backbone == "toy" and not any(c.isascii() and c.isalpha() for c in p):
-                        raise ValueError(f"the prompt {p[:40]!r} has no word the toy world knows: it reads English words only")
-                    bb.encode_prompt(p, settings.negative_prompt)
+            for p in settings.schedule.prompts:
+                self._check_prompt(settings, p)
         except ValueError as e:
             raise InputError(str(e)) from None
         self.calibrate()
@@ -141,6 +138,14 @@ class Service:
                 plan_leases(est.seconds, est.warmup_seconds, limit)
             except ValueError as e:
                 raise InputError(str(e)) from None
+
+    def _check_prompt(self, settings: RunSettings, prompt: str) -> None:
+        """ValueError for a prompt the backbone refuses, where encoding is cheap (a CPU model); a GPU model's lease checks it."""
+        if BACKBONES[settings.backbone].needs_gpu:
+            return
+        if settings.backbone == "toy" and not any(c.isascii() and c.isalpha() for c in prompt):
+            raise ValueError(f"the prompt {prompt[:40]!r} has no word the toy world knows: it reads English words only")
+        self._load(settings.backbone).encode_prompt(prompt, settings.negative_prompt)
 
     def _run(self, session: Session, job: Job, record: bool = True) -> Iterator[Update]:
         if not session.lock.acquire(blocking=False):
@@ -391,17 +396,11 @@ class Service:
 
     def change_prompt(self, session_id: str | None, prompt: Any, entry: Any = "tail") -> dict[str, Any]:
         """Send a new prompt into this page's running video; returns the frame it takes over from (and a message)."""
-        session = self.store.get(session_id)
-        steering = session.steer
+        steering = self.store.get(session_id).steer
 
-        def check(text: str) -> None:  # where encoding is cheap, a word the backbone does not know is refused here
-            s = steering.run
-            if BACKBONES[s.backbone].needs_gpu:
-                return  # the lease encodes it, and reports a refusal back
+        def check(text: str) -> None:  # a GPU model's lease encodes it, and reports a refusal back
             try:
-                if s.backbone == "toy" and not any(c.isascii() and c.isalpha() for c in text):
-                    raise ValueError(f"the prompt {text[:40]!r} has no word the toy world knows: it reads English words only")
-                self._load(s.backbone).encode_prompt(text, s.negative_prompt)
+                self._check_prompt(steering.run, text)
             except ValueError as e:
                 raise InputError(str(e)) from None
 
@@ -490,6 +489,8 @@ def _steering(job: Job) -> steer.Steering:
     spec = job.tracks[0]
     start = spec.state.frames_emitted if spec.state is not None else 0
     return steer.Steering(job.folder / "steer", spec.settings, start, job.frames, lead=job.lead_frames)
+
+
 def _upload_settings(new: RunSettings, base: VideoRecord, frames: int) -> RunSettings | None:
     """A video from an upload: the prompt-alone settings of its new frames (its link says it cannot carry the upload)."""
     return replace(new, frames=frames - base.lead_frames) if base.origin else None
