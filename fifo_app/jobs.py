@@ -399,7 +399,7 @@ class _Output:
 
     def __init__(self, job: Job) -> None:
         self.job = job
-        self.writer = ChunkWriter(job.folder, job.fps, CHUNK_SECONDS, crf=18, preset="veryfast", prefix=job.chunk_prefix)
+        self.writer = ChunkWriter(job.folder, job.fps, CHUNK_SECONDS, prefix=job.chunk_prefix, **media.CHUNK_ENCODING)
         self.base_chunks = list(job.base.chunks) if job.base else []
         self.pending: list[list[np.ndarray]] = [[] for _ in job.tracks]  # compare: frames waiting for their pair
         self.written = 0
@@ -487,12 +487,21 @@ class _Progress:
     def elapsed(self) -> float:
         return self.clock() - self.t_start
 
+    def _estimate(self):
+        p = self.plan
+        return self.rates.estimate(p.backbone, p.area, p.config, p.work, len(self.job.tracks))
+
+    def pace(self) -> tuple[float, bool]:
+        """Seconds per frame: measured (True) once the clock has seen enough frames, else the estimate's."""
+        spf = self.tick.seconds_per_frame()
+        return (spf, True) if spf is not None else (self._estimate().seconds_per_frame, False)
+
     def _eta(self, written: int) -> float:
         spf = self.tick.seconds_per_frame()
         warm_total = self.plan.work.warmup_steps
         if spf is not None:
             return max(0.0, (self.job.frames - written) * spf)
-        est = self.rates.estimate(self.plan.backbone, self.plan.area, self.plan.config, self.plan.work, len(self.job.tracks))
+        est = self._estimate()
         warm_left = est.warmup_seconds * (1 - self.warm_done / warm_total) if warm_total else 0.0
         return max(0.0, (self.job.frames - written) * est.seconds_per_frame + warm_left)
 
@@ -688,28 +697,19 @@ def _steered(job: Job, leases: _Leases, ev: StepEvent, progress: _Progress, writ
     """Record the prompt changes a lease reports; the next lease makes its stream from the recorded schedule."""
     if job.steer is None or not ev.prompt_changes:
         return False
-    job.steer.record(ev.prompt_changes, _queue_frames(job, progress, written), *_pace(progress))
+    job.steer.record(ev.prompt_changes, _queue_frames(job, progress, written), *progress.pace())
     spec = leases.specs[ev.track]
     spec.settings = replace(spec.settings, prompt=job.steer.prompt)
     return True
 
 
 def _steer_note(job: Job, progress: _Progress, written: int) -> str:
-    return job.steer.status(_queue_frames(job, progress, written), *_pace(progress)) if job.steer else ""
+    return job.steer.status(_queue_frames(job, progress, written), *progress.pace()) if job.steer else ""
 
 
 def _queue_frames(job: Job, progress: _Progress, written: int) -> int:
     """Frames made so far as a prompt schedule counts them: an uploaded clip's frames at the start are not the queue's."""
     return progress.base_frames - job.lead_frames + written
-
-
-def _pace(progress: _Progress) -> tuple[float, bool]:
-    """Seconds per frame: measured (True) once the clock has seen enough frames, else the estimate's."""
-    spf = progress.tick.seconds_per_frame()
-    if spf is not None:
-        return spf, True
-    p = progress.plan
-    return progress.rates.estimate(p.backbone, p.area, p.config, p.work, len(progress.job.tracks)).seconds_per_frame, False
 
 
 def _finish(job: Job, out: _Output, progress: _Progress, leases: _Leases) -> Iterator[Update]:
