@@ -20,6 +20,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from fifo.video import VideoError, check_metadata, mp4_movflags, write_ffmetadata_file
 
+# Every chunk of one video is encoded alike (a run's, an extension's, an upload's shown first), so
+# that the concat demuxer joins them with `-c copy`.
+CHUNK_ENCODING = {"crf": 18, "preset": "veryfast"}
+
 
 def _list_file(chunks: Sequence[Path], folder: Path) -> Path:
     lst = folder / f".concat-{os.getpid()}-{id(chunks)}.txt"

@@ -31,6 +31,7 @@ from fifo.backbones.encoders import causal_count, fit_frames
 from fifo.video import ChunkWriter
 
 from .limits import MAX_UPLOAD_BYTES, MAX_UPLOAD_FRAMES, MAX_UPLOAD_PIXELS, MAX_UPLOAD_SECONDS
+from .media import CHUNK_ENCODING
 from .settings import InputError
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -121,6 +122,19 @@ def _clip_error(err: Exception) -> InputError:
     return InputError("the uploaded clip is not a readable video: upload an MP4, WebM or MOV")
 
 
+def _checked_clip_header(meta: dict) -> tuple[int, int, float]:
+    """A clip's width, height and seconds from ffmpeg's stream header, refused past the pixel or duration cap."""
+    w, h = (int(v) for v in meta["size"])
+    _check_pixels(w, h, "clip")
+    duration = float(meta.get("duration") or 0.0)
+    if duration > MAX_CLIP_SECONDS:
+        raise InputError(
+            f"the uploaded clip is {duration:.1f} s long; this app takes at most {MAX_CLIP_SECONDS:g} s "
+            f"and {MAX_CLIP_FRAMES} frames: cut it shorter (its end is what the video continues)"
+        )
+    return w, h, duration
+
+
 def read_clip(path: str | os.PathLike, height: int, width: int) -> tuple[np.ndarray, float]:
     """A clip file -> all its frames fitted to (K, height, width, 3) uint8, and its fps; caps checked as it is read."""
     import imageio_ffmpeg
@@ -131,14 +145,7 @@ def read_clip(path: str | os.PathLike, height: int, width: int) -> tuple[np.ndar
         gen = imageio_ffmpeg.read_frames(str(path))
         try:
             meta = next(gen)
-            w, h = meta["size"]
-            _check_pixels(int(w), int(h), "clip")
-            duration = float(meta.get("duration") or 0.0)
-            if duration > MAX_CLIP_SECONDS:
-                raise InputError(
-                    f"the uploaded clip is {duration:.1f} s long; this app takes at most {MAX_CLIP_SECONDS:g} s "
-                    f"and {MAX_CLIP_FRAMES} frames: cut it shorter (its end is what the video continues)"
-                )
+            w, h, _ = _checked_clip_header(meta)
             count = 0
             for b in gen:
                 count += 1
@@ -147,7 +154,7 @@ def read_clip(path: str | os.PathLike, height: int, width: int) -> tuple[np.ndar
                         f"the uploaded clip has more than {MAX_CLIP_FRAMES} frames, this app's limit: "
                         "cut it shorter (its end is what the video continues)"
                     )
-                batch.append(np.frombuffer(b, np.uint8).reshape(int(h), int(w), 3))
+                batch.append(np.frombuffer(b, np.uint8).reshape(h, w, 3))
                 if len(batch) == FIT_BATCH:
                     fitted.append(fit_frames(np.stack(batch), height, width))
                     batch = []
@@ -186,7 +193,7 @@ def read_upload(path: str | os.PathLike, height: int, width: int, queue_length: 
 
 def write_chunks(frames: np.ndarray, folder: Path, fps: int, chunk_seconds: float, prefix: str = "upload-") -> list[Path]:
     """The shown frames as MPEG-TS chunks encoded like the run's own, so the two join without re-encoding."""
-    writer = ChunkWriter(folder, fps, chunk_seconds, crf=18, preset="veryfast", prefix=prefix)
+    writer = ChunkWriter(folder, fps, chunk_seconds, prefix=prefix, **CHUNK_ENCODING)
     try:
         for f in frames:
             writer.write(f)
@@ -242,13 +249,8 @@ def describe(path: str | os.PathLike | None) -> str:
             raise _clip_error(e) from None
         finally:
             gen.close()
-        w, h = meta["size"]
-        _check_pixels(int(w), int(h), "clip")
-        secs, fps = float(meta.get("duration") or 0.0), float(meta.get("fps") or 0.0)
-        if secs > MAX_CLIP_SECONDS:
-            raise InputError(
-                f"the uploaded clip is {secs:.1f} s long; this app takes at most {MAX_CLIP_SECONDS:g} s: cut it shorter"
-            )
+        w, h, secs = _checked_clip_header(meta)
+        fps = float(meta.get("fps") or 0.0)
     except InputError as e:
         return f"⚠️ {e}"
     return (
