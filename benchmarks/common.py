@@ -27,6 +27,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from fifo.backbones.base import BackboneDefaults  # noqa: E402
+from fifo.backbones.registry import BACKBONES  # noqa: E402
+
+PAPER_S_PER_FRAME = 12.37  # FIFO-Diffusion paper (arXiv 2405.11473): VideoCrafter2 at its defaults, one A6000
+
+
+def real_models() -> list[str]:
+    """The registry's models with weights (every one but the toy world), in registry order."""
+    return [n for n, s in BACKBONES.items() if s.model_id is not None]
 
 
 # -- a tiny random-weight UNet3D backbone ----------------------------------------------------------

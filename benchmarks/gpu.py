@@ -36,21 +36,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
 
-import fifo  # noqa: E402
-from benchmarks.common import Counters, machine, table  # noqa: E402
+from benchmarks.common import PAPER_S_PER_FRAME, Counters, machine, real_models, table  # noqa: E402
 from fifo import FIFOConfig, FIFOStream  # noqa: E402
 from fifo.parallel import apply_gpu_options  # noqa: E402
 
 PROMPT = "a red ball rolling across a wooden table, studio light"
-PAPER_S_PER_FRAME = 12.37  # FIFO-Diffusion paper: VideoCrafter2, one A6000
 VARIANTS = ("default", "channels_last", "compile")
 # dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A6000": 154.8, "L40S": 362.0, "4090": 165.2}
-
-
-def real_models() -> list[str]:
-    """The registry's real (weight-carrying) models, in registry order."""
-    return [n for n, s in fifo.BACKBONES.items() if s.model_id is not None]
 
 
 def peak_for(device: torch.device) -> tuple[str, float | None]:

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import fifo  # noqa: E402
-from benchmarks.common import machine, table  # noqa: E402
+from benchmarks.common import PAPER_S_PER_FRAME, machine, real_models, table  # noqa: E402
 from fifo import FIFOConfig, FIFOStream  # noqa: E402
 from fifo.backbones.base import Backbone, Decoder  # noqa: E402
 from fifo.backbones.diffusers_common import DiffusersBackbone  # noqa: E402
@@ -88,7 +88,7 @@ GPUS = (
         "version of the ZeroGPU page names this GPU",
     ),
 )
-CALIBRATION = ("videocrafter2", "paper", "A6000", 12.37)  # backbone, setting, GPU, s/frame (arXiv 2405.11473)
+CALIBRATION = ("videocrafter2", "paper", "A6000", PAPER_S_PER_FRAME)  # backbone, setting, GPU, s/frame
 ZEROGPU = "H200 (ZeroGPU)"
 # Daily ZeroGPU quota per visitor (Hugging Face's ZeroGPU documentation, usage tiers)
 QUOTA_S = {"unauthenticated": 120, "free account": 210, "PRO": 1500}
@@ -242,11 +242,6 @@ def build_meta(name: str, k: int = 1) -> Backbone:
 
 
 # -- the estimate ---------------------------------------------------------------------------------
-
-
-def real_models() -> list[str]:
-    """The registry's models with weights, in registry order."""
-    return [n for n, s in fifo.BACKBONES.items() if s.model_id is not None]
 
 
 def frame_flops(calls: dict[str, Any], flops: dict[str, Any]) -> float:
