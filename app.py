@@ -468,9 +468,9 @@ def _est_inputs(ui: SimpleNamespace) -> list:
 
 def on_preset(preset: str, backbone: str) -> tuple:
     """A speed preset: its partitions, lookahead and frames per rung, written into the advanced settings."""
-    if backbone not in BACKBONES or preset not in presets(backbone):
+    p = presets(backbone).get(preset) if backbone in BACKBONES else None
+    if p is None:
         return (gr.skip(),) * 3
-    p = presets(backbone)[preset]
     return tuple(setting_text(SETTING[k], p[k]) for k in ("partitions", "lookahead", "frames_per_rung"))
 
 
